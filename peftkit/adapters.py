@@ -1,0 +1,53 @@
+"""LoRA-family adapters through PEFT: config from the recipe, attach, report trainable parameters."""
+
+from __future__ import annotations
+
+from peftkit.recipe import AdapterSection
+
+# Heads a task model adds on top of the pretrained body: they start untrained, so they must be
+# fully trained and saved with the adapter (peft#577: otherwise the head is lost on reload).
+HEAD_NAMES = ("score", "classifier")
+
+
+def classification_head_names(model) -> list[str]:
+    names = {name.split(".")[-1] for name, _ in model.named_modules()}
+    return [h for h in HEAD_NAMES if h in names]
+
+
+def lora_config(section: AdapterSection, task_type: str, head_names: list[str] = ()):
+    from peft import LoraConfig
+
+    modules_to_save = list(dict.fromkeys([*head_names, *(section.modules_to_save or [])])) or None
+    return LoraConfig(
+        task_type=task_type,
+        r=section.r,
+        lora_alpha=section.lora_alpha,
+        lora_dropout=section.lora_dropout,
+        target_modules=section.target_modules,
+        use_dora=section.use_dora,
+        use_rslora=section.use_rslora,
+        init_lora_weights=section.init_lora_weights,
+        modules_to_save=modules_to_save,
+        bias=section.bias,
+    )
+
+
+def attach_adapter(model, section: AdapterSection, task_type: str):
+    """Wrap the model with a fresh adapter. The seed must already be set (adapter init is random)."""
+    from peft import get_peft_model
+
+    heads = classification_head_names(model) if task_type == "SEQ_CLS" else []
+    return get_peft_model(model, lora_config(section, task_type, heads))
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count by their real element count."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

@@ -1,0 +1,294 @@
+"""Data: read train/eval splits, map labels to ids, count and report bad rows, tokenize.
+
+Everything here runs before a model is loaded, so a wrong column or label stops the run in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftkit.errors import PeftkitError
+from peftkit.recipe import DataSection
+
+LOCAL_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SHOWN_BAD_ROWS = 5
+
+
+@dataclass
+class SplitReport:
+    """What happened to one split on its way to the model: nothing is dropped silently."""
+
+    source: str
+    rows_read: int = 0
+    rows_used: int = 0
+    empty_text: int = 0
+    unknown_label: int = 0
+    truncated: int = 0
+    examples_of_bad_rows: list[str] = field(default_factory=list)
+
+    def note_bad(self, row_number: int, reason: str, row: dict[str, Any]) -> None:
+        if len(self.examples_of_bad_rows) < SHOWN_BAD_ROWS:
+            self.examples_of_bad_rows.append(f"row {row_number}: {reason}: {json.dumps(row, ensure_ascii=False)[:200]}")
+
+    @property
+    def skipped(self) -> int:
+        return self.empty_text + self.unknown_label
+
+
+@dataclass
+class ClassificationData:
+    """Texts and label ids per split, the label names, and what the loading did."""
+
+    label_names: list[str]
+    splits: dict[str, dict[str, list]]  # split -> {"text": [...], "label": [...]}
+    reports: dict[str, SplitReport]
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    def report_dict(self) -> dict[str, Any]:
+        return {split: asdict(r) | {"skipped": r.skipped} for split, r in self.reports.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows
+# ---------------------------------------------------------------------------------------------
+
+
+def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
+    """Rows of a local csv/tsv/jsonl/parquet file as dicts. Raises PeftkitError naming the file."""
+    path = Path(path)
+    kind = LOCAL_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise PeftkitError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
+    if not path.is_file():
+        raise PeftkitError(f"data file not found: {path} (check the path in the recipe's data section; "
+                           "relative paths are relative to the folder you run peftkit from)")
+    if path.stat().st_size == 0:
+        raise PeftkitError(f"{path}: the file is empty")
+    try:
+        rows = _READERS[kind](path, data)
+    except UnicodeDecodeError as e:
+        raise PeftkitError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8") from None
+    except (ValueError, csv.Error, OSError) as e:
+        raise PeftkitError(f"{path}: cannot be read as {kind}: {str(e).splitlines()[0]}") from None
+    if not rows:
+        raise PeftkitError(f"{path}: no data rows (only a header?)")
+    return rows
+
+
+def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with path.open(encoding="utf-8", newline="") as f:
+        # SST-2 and AG News contain bare quotes inside fields: TSV is read without quote processing.
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        header = data.column_names if not data.has_header else next(reader, None)
+        if not header:
+            return []
+        rows = []
+        for line_number, values in enumerate(reader, start=2 if data.has_header else 1):
+            if not values or values == [""]:
+                continue
+            if len(values) != len(header):
+                raise ValueError(f"line {line_number} has {len(values)} fields, the header has {len(header)} "
+                                 f"({', '.join(header)})")
+            rows.append(dict(zip(header, values)))
+        return rows
+
+
+def _read_jsonl(path: Path, data: DataSection) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"line {line_number} is not JSON ({e.msg})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError("every line must be a JSON object")
+    return rows
+
+
+def _read_parquet(path: Path, data: DataSection) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises its own error types for corrupt files
+        raise ValueError(str(e)) from None
+
+
+_READERS = {"tsv": _read_delimited, "csv": _read_delimited, "json": _read_jsonl, "parquet": _read_parquet}
+
+
+def read_hub_split(data: DataSection, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(data.dataset, data.dataset_config, split=split)
+    except Exception as e:  # datasets raises many types (offline, missing split, missing config)
+        raise PeftkitError(f"data.dataset {data.dataset!r} split {split!r} could not be loaded: "
+                           f"{str(e).splitlines()[0]}") from None
+    return ds.to_list()
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification splits
+# ---------------------------------------------------------------------------------------------
+
+
+def load_classification_data(data: DataSection, seed: int, eval_file: str | None = None) -> ClassificationData:
+    """Read train and eval rows, resolve the label set, and drop (or reject) bad rows with a report.
+
+    ``eval_file`` replaces the recipe's eval split (``peftkit evaluate --data FILE``).
+    """
+    raw = read_raw_splits(data, eval_file)
+    for name, (rows, source) in raw.items():
+        check_columns(rows, data, source)
+    label_names = data.label_names or infer_label_names(raw["train"][0] if "train" in raw else raw["eval"][0], data)
+    splits, reports = {}, {}
+    for name, (rows, source) in raw.items():
+        splits[name], reports[name] = clean_split(rows, source, data, label_names)
+        if not splits[name]["text"]:
+            raise PeftkitError(f"{source}: no usable rows left ({reports[name].skipped} skipped); "
+                               + "; ".join(reports[name].examples_of_bad_rows[:2]))
+    if "eval" not in splits:
+        splits["train"], splits["eval"] = hold_out(splits["train"], data.eval_fraction, seed)
+        reports["eval"] = SplitReport(source=f"{reports['train'].source} (held out {data.eval_fraction:.0%})",
+                                      rows_read=len(splits["eval"]["text"]), rows_used=len(splits["eval"]["text"]))
+        reports["train"].rows_used = len(splits["train"]["text"])
+    subsample(splits, reports, "train", data.max_train_samples, seed)
+    subsample(splits, reports, "eval", data.max_eval_samples, seed)
+    return ClassificationData(label_names=list(label_names), splits=splits, reports=reports)
+
+
+def read_raw_splits(data: DataSection, eval_file: str | None) -> dict[str, tuple[list[dict], str]]:
+    raw: dict[str, tuple[list[dict], str]] = {}
+    if eval_file is not None:
+        return {"eval": (read_table(eval_file, data), str(eval_file))}
+    if data.dataset:
+        raw["train"] = (read_hub_split(data, data.train_split), f"{data.dataset}[{data.train_split}]")
+        try:
+            raw["eval"] = (read_hub_split(data, data.eval_split), f"{data.dataset}[{data.eval_split}]")
+        except PeftkitError:
+            pass  # no eval split on the hub: hold out a fraction of train instead
+        return raw
+    raw["train"] = (read_table(data.train_file, data), data.train_file)
+    if data.eval_file:
+        raw["eval"] = (read_table(data.eval_file, data), data.eval_file)
+    return raw
+
+
+def check_columns(rows: list[dict], data: DataSection, source: str) -> None:
+    present = list(rows[0].keys())
+    for role, column in (("text_column", data.text_column), ("label_column", data.label_column)):
+        if column not in present:
+            raise PeftkitError(f"{source}: column {column!r} (data.{role}) not found; the file has columns "
+                               f"{', '.join(map(str, present))}. Set data.{role} to one of them")
+
+
+def infer_label_names(rows: list[dict], data: DataSection) -> list[str]:
+    values = {str(r[data.label_column]).strip() for r in rows if str(r[data.label_column]).strip()}
+    if len(values) < 2:
+        raise PeftkitError(f"column {data.label_column!r} has fewer than two distinct labels ({sorted(values)}); "
+                           "classification needs at least two")
+    as_ints = sorted(values, key=lambda v: (0, int(v)) if v.lstrip("-").isdigit() else (1, v))
+    return as_ints
+
+
+def label_index(value: Any, label_names: list[str]) -> int | None:
+    """Labels may be written as names or as ids: 'positive' and 1 both mean label_names[1]."""
+    text = str(value).strip()
+    if text in label_names:
+        return label_names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(label_names):
+        return int(text)
+    return None
+
+
+def clean_split(rows: list[dict], source: str, data: DataSection, label_names: list[str]):
+    report = SplitReport(source=source, rows_read=len(rows))
+    texts, labels = [], []
+    for i, row in enumerate(rows, start=1):
+        text = row.get(data.text_column)
+        label = label_index(row.get(data.label_column), label_names)
+        if text is None or not str(text).strip():
+            report.empty_text += 1
+            report.note_bad(i, "empty text", row)
+        elif label is None:
+            report.unknown_label += 1
+            report.note_bad(i, f"label {row.get(data.label_column)!r} not in {label_names}", row)
+        else:
+            texts.append(str(text))
+            labels.append(label)
+    if report.skipped and data.invalid_rows == "error":
+        raise PeftkitError(f"{source}: {report.skipped} bad rows ({report.empty_text} empty text, "
+                           f"{report.unknown_label} unknown label); first: {report.examples_of_bad_rows[0]}. "
+                           "Fix the file or set data.invalid_rows: skip")
+    report.rows_used = len(texts)
+    return {"text": texts, "label": labels}, report
+
+
+def hold_out(split: dict[str, list], fraction: float, seed: int):
+    import random
+
+    order = list(range(len(split["text"])))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(order) * fraction))
+    pick = lambda idx: {k: [v[i] for i in idx] for k, v in split.items()}  # noqa: E731
+    return pick(sorted(order[n_eval:])), pick(sorted(order[:n_eval]))
+
+
+def subsample(splits, reports, name: str, limit: int | None, seed: int) -> None:
+    """A seeded random subset, so `max_train_samples` gives a representative, reproducible sample."""
+    import random
+
+    split = splits.get(name)
+    if limit is None or split is None or len(split["text"]) <= limit:
+        return
+    chosen = sorted(random.Random(seed).sample(range(len(split["text"])), limit))
+    splits[name] = {k: [v[i] for i in chosen] for k, v in split.items()}
+    reports[name].rows_used = limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenization
+# ---------------------------------------------------------------------------------------------
+
+
+def tokenize_split(split: dict[str, list], tokenizer, max_length: int, report: SplitReport):
+    """A datasets.Dataset of input_ids/attention_mask/labels (no padding: the collator pads per batch)."""
+    import datasets
+
+    encoded = tokenizer(split["text"], truncation=False, add_special_tokens=True)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    report.truncated = sum(n > max_length for n in lengths)
+    encoded = tokenizer(split["text"], truncation=True, max_length=max_length)
+    return datasets.Dataset.from_dict({**encoded, "labels": split["label"]})
+
+
+def format_report(data: ClassificationData) -> str:
+    lines = [f"labels: {', '.join(f'{i}={n}' for i, n in data.id2label.items())}"]
+    for name, r in data.reports.items():
+        line = f"{name}: {r.rows_used} rows used of {r.rows_read} read from {r.source}"
+        if r.skipped:
+            line += f"; skipped {r.empty_text} empty text, {r.unknown_label} unknown label"
+        if r.truncated:
+            line += f"; {r.truncated} truncated"
+        lines.append(line)
+        lines.extend(f"  {e}" for e in r.examples_of_bad_rows)
+    return "\n".join(lines)

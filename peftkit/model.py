@@ -1,0 +1,124 @@
+"""Tokenizer and base model: from a hub id, a local folder, or a packaged offline model."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from peftkit.errors import PeftkitError
+from peftkit.recipe import ModelSection, QuantizationSection
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+
+
+def resolve_model_source(model: ModelSection) -> str:
+    """A local folder or a hub id to hand to from_pretrained. Cheap checks only (no weights read).
+
+    transformers answers a missing local path with a misleading "not a valid repo id" message:
+    anything that looks like a path and does not exist is reported as such here.
+    """
+    from peftkit import packaged
+
+    name = model.name_or_path
+    if packaged.is_packaged(name):
+        packaged.check_packaged_available(name)
+        return name  # converted lazily by load_* (may take ~20 s the first time)
+    path = Path(name).expanduser()
+    if path.exists():
+        check_local_folder(path, model)
+        return str(path)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1) or not HUB_ID.match(name):
+        raise PeftkitError(f"model.name_or_path: local folder {name!r} does not exist "
+                           "(give an existing folder, a hub id like HuggingFaceTB/SmolLM2-135M-Instruct, "
+                           "or packaged:smollm2-135m-instruct)")
+    return name
+
+
+def check_local_folder(path: Path, model: ModelSection) -> None:
+    if not path.is_dir():
+        raise PeftkitError(f"model.name_or_path: {path} is a file; give the model's folder")
+    if not (path / "config.json").is_file():
+        raise PeftkitError(f"model.name_or_path: {path} has no config.json; is it a transformers model folder?")
+    weights = [p.name for p in path.iterdir() if p.suffix in (".safetensors", *PICKLE_SUFFIXES)]
+    if weights and not any(w.endswith(".safetensors") for w in weights) and not model.allow_pickle:
+        raise PeftkitError(f"model.name_or_path: {path} has only pickle weights ({', '.join(sorted(weights)[:3])}); "
+                           "pickles can run code when loaded. Convert them to safetensors, or set "
+                           "model.allow_pickle: true if you trust the files")
+
+
+def local_path(model: ModelSection) -> str:
+    """The folder or hub id from_pretrained gets; packaged models are converted/cached here."""
+    from peftkit import packaged
+
+    return packaged.resolve_model_path(resolve_model_source(model))
+
+
+def load_tokenizer(model: ModelSection, source: str | None = None):
+    """The tokenizer, with a pad token: Llama-family tokenizers have none, and batching needs one."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, source or local_path(model), model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_classifier(model: ModelSection, quant: QuantizationSection, labels: list[str], tokenizer,
+                    source: str | None = None, quant_storage=None):
+    """AutoModelForSequenceClassification with a new head of len(labels) classes."""
+    from transformers import AutoModelForSequenceClassification
+
+    from peftkit.quantize import bnb_config, disable_cpu_weight_repacking, resolve_dtype
+
+    qconfig = bnb_config(quant, quant_storage)
+    kwargs = dict(
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        dtype=resolve_dtype(model.dtype),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = quantized_device_map()
+    net = _from_pretrained(AutoModelForSequenceClassification, source or local_path(model), model, **kwargs)
+    net.config.pad_token_id = tokenizer.pad_token_id
+    if quant.load_in_4bit:
+        disable_cpu_weight_repacking(net)
+    return net
+
+
+def quantized_device_map():
+    """bitsandbytes places weights at load time: this process's GPU, or the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return {"": "cpu"}
+
+
+def _from_pretrained(cls, source: str, model: ModelSection, **kwargs):
+    safe = {} if model.allow_pickle or cls.__name__ == "AutoTokenizer" else {"use_safetensors": True}
+    try:
+        return cls.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code,
+                                   **safe, **kwargs)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeftkitError(f"model.name_or_path {model.name_or_path!r} could not be loaded: {first}. "
+                           "Offline? Use a local folder or packaged:<name>. Only pickle weights? "
+                           "Set model.allow_pickle: true if you trust them") from None
+
+
+def load_trained_classifier(run_dir: Path, model: ModelSection, quant: QuantizationSection, labels: list[str]):
+    """(tokenizer, base + trained adapter) from a run folder, ready for inference."""
+    from peft import PeftModel
+
+    adapter_dir = Path(run_dir) / "adapter"
+    tokenizer = load_tokenizer(model, str(adapter_dir))
+    base = load_classifier(model, quant, labels, tokenizer)
+    net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    return tokenizer, net.eval()

@@ -1,0 +1,466 @@
+"""Recipes: small typed sections, one per concern, with every default in this file.
+
+A recipe is YAML. ``load_recipe(path, overrides)`` reads it, applies ``section.key=value`` overrides,
+rejects unknown keys (with a "did you mean"), checks types and impossible combinations, and returns a
+validated ``Recipe``, all before anything heavy is imported or loaded.
+
+The ``train`` section is not redeclared here: its keys are ``transformers.TrainingArguments`` fields
+(``trl.SFTConfig`` for causal-LM tasks) and go straight through, so users keep the names they know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from peftkit.errors import PeftkitError
+
+TASKS = ("classification",)
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class ModelSection:
+    """Which pretrained model to start from and how to load it."""
+
+    name_or_path: str = ""
+    """Hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), local folder, or ``packaged:<name>`` (offline models)."""
+    dtype: str = "float32"
+    """Weights dtype for the non-quantized parts: float32 | bfloat16 | float16 | auto."""
+    attn_implementation: str | None = "sdpa"
+    """eager | sdpa | flash_attention_2; None lets transformers choose."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin the base model."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code. Only if you trust that repository."""
+    allow_pickle: bool = False
+    """Allow loading ``.bin``/``.pt`` (pickle) weights. Pickles can execute code: safetensors only by default."""
+
+
+@dataclass
+class QuantizationSection:
+    """bitsandbytes quantization of the base model (QLoRA). Names are those of ``BitsAndBytesConfig``."""
+
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: str = "auto"
+    """auto: bfloat16 on a GPU that supports it, else float32."""
+    bnb_4bit_quant_storage: str | None = None
+    """None: uint8, or the compute dtype when FSDP/ZeRO-3 must shard the quantized weights."""
+    llm_int8_threshold: float = 6.0
+    llm_int8_skip_modules: list[str] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.load_in_4bit or self.load_in_8bit
+
+
+@dataclass
+class AdapterSection:
+    """LoRA-family adapter. Names are those of ``peft.LoraConfig``."""
+
+    r: int = 16
+    """Rank: higher gives more capacity and memory."""
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: Union[str, list[str]] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+    init_lora_weights: Union[bool, str] = True
+    """True (Kaiming/zeros) | false | gaussian | pissa | olora | loftq | eva ..."""
+    modules_to_save: list[str] | None = None
+    """Extra fully-trained modules. The classification head is always added."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+@dataclass
+class DataSection:
+    """Where the examples come from and how they are read."""
+
+    train_file: str | None = None
+    eval_file: str | None = None
+    dataset: str | None = None
+    """Hub dataset id, instead of local files."""
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    format: Literal["classification"] = "classification"
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    """Class names in id order. Labels in the data may be these names or their ids. None: sorted unique labels."""
+    has_header: bool = True
+    """For csv/tsv files. False: give column_names."""
+    column_names: list[str] | None = None
+    max_length: int = 128
+    """Tokens per example; longer examples are truncated (and counted)."""
+    max_train_samples: int | None = None
+    """Use a seeded random subset of this size (fast experiments)."""
+    max_eval_samples: int | None = None
+    eval_fraction: float = 0.1
+    """Held out from train when there is no eval file or split."""
+    invalid_rows: Literal["skip", "error"] = "skip"
+    """Rows with empty text or a label outside the label set: skip them (reported) or stop."""
+
+
+@dataclass
+class EvaluateSection:
+    """Evaluation after training and in ``peftkit evaluate``."""
+
+    batch_size: int = 32
+    enabled: bool = True
+
+
+# Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.06,
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "report_to": ["tensorboard"],
+    "seed": 42,
+    "data_seed": 42,
+    "dataloader_num_workers": 0,
+}
+# Set by peftkit itself; a recipe cannot change them.
+TRAIN_RESERVED = ("output_dir", "logging_dir", "remove_unused_columns", "label_names")
+
+
+@dataclass
+class Recipe:
+    task: str = "classification"
+    output_dir: str = "runs/peftkit-run"
+    overwrite_output_dir: bool = False
+    """Replace an existing run folder that holds a different run."""
+    model: ModelSection = field(default_factory=ModelSection)
+    quantization: QuantizationSection = field(default_factory=QuantizationSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    source: str | None = None
+    """The file the recipe came from (not a recipe key)."""
+
+    @property
+    def seed(self) -> int:
+        return int(self.train.get("seed", TRAIN_DEFAULTS["seed"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (all defaults filled), as written to the run folder."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "quantization": QuantizationSection,
+    "adapter": AdapterSection,
+    "data": DataSection,
+    "evaluate": EvaluateSection,
+}
+TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Recipe:
+    """Read, override, type-check and validate a recipe. Raises PeftkitError naming the key or file."""
+    raw = read_yaml(path) if path is not None else {}
+    for item in overrides:
+        apply_override(raw, item)
+    recipe = recipe_from_dict(raw, where=str(path) if path else "<recipe>")
+    recipe.source = str(path) if path else None
+    validate(recipe)
+    return recipe
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise PeftkitError(f"recipe file not found: {p} (give the path to a .yaml recipe)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PeftkitError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PeftkitError(f"{p}:{where}: malformed YAML: {problem}") from None
+    if raw is None:
+        raise PeftkitError(f"{p}: the recipe is empty; it needs at least model.name_or_path and data")
+    if not isinstance(raw, dict):
+        raise PeftkitError(f"{p}: a recipe must be a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """``section.key=value`` with the value parsed as YAML (``train.learning_rate=1e-4``)."""
+    if "=" not in item:
+        raise PeftkitError(f"override {item!r}: expected section.key=value, e.g. train.learning_rate=1e-4")
+    dotted, _, value_text = item.partition("=")
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise PeftkitError(f"override {item!r}: empty key in {dotted!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError:
+        value = value_text
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise PeftkitError(f"override {item!r}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
+    reject_unknown(raw, TOP_LEVEL, where, "")
+    kwargs: dict[str, Any] = {}
+    for name in ("task", "output_dir", "overwrite_output_dir"):
+        if name in raw:
+            kwargs[name] = coerce(raw[name], Recipe.__dataclass_fields__[name].type, f"{name}", where)
+    for name, cls in SECTIONS.items():
+        section = raw.get(name) or {}
+        if not isinstance(section, dict):
+            raise PeftkitError(f"{where}: '{name}' must be a section (key: value lines), got {section!r}")
+        kwargs[name] = build_section(cls, section, name, where)
+    train = raw.get("train") or {}
+    if not isinstance(train, dict):
+        raise PeftkitError(f"{where}: 'train' must be a section of TrainingArguments keys, got {train!r}")
+    kwargs["train"] = build_train(train, where)
+    return Recipe(**kwargs)
+
+
+def reject_unknown(raw: dict[str, Any], known: typing.Iterable[str], where: str, prefix: str) -> None:
+    known = list(known)
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+            raise PeftkitError(f"{where}: unknown key '{prefix}{key}'{suggestion}")
+
+
+def build_section(cls: type, raw: dict[str, Any], name: str, where: str):
+    hints = typing.get_type_hints(cls)
+    reject_unknown(raw, hints, where, f"{name}.")
+    values = {key: coerce(value, hints[key], f"{name}.{key}", where) for key, value in raw.items()}
+    return cls(**values)
+
+
+def build_train(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check train keys against TrainingArguments' own fields and types; fill peftkit's defaults."""
+    fields = training_argument_fields()
+    for key in raw:
+        if key in TRAIN_RESERVED:
+            raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; use the top-level output_dir instead")
+    reject_unknown(raw, fields, where, "train.")
+    values = dict(TRAIN_DEFAULTS)
+    for key, value in raw.items():
+        values[key] = coerce(value, fields[key], f"train.{key}", where)
+    return values
+
+
+def training_argument_fields() -> dict[str, Any]:
+    """TrainingArguments field name -> type. transformers is imported here, not at module import."""
+    from transformers import TrainingArguments
+
+    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+# ---------------------------------------------------------------------------------------------
+# Types
+# ---------------------------------------------------------------------------------------------
+
+
+def coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
+    """Return value as the annotated type, or raise a PeftkitError naming the key.
+
+    Lenient where YAML is surprising: ``2e-4`` (no dot) is a string in YAML 1.1, so numeric strings
+    become floats; ints become floats. Everything else must already have the right type.
+    """
+    if isinstance(annotation, str):
+        annotation = _resolve_string_annotation(annotation)
+    ok, result = _try_coerce(value, annotation)
+    if ok:
+        return result
+    raise PeftkitError(f"{where}: '{key}' must be {describe(annotation)}, got {value!r} ({type(value).__name__})")
+
+
+def _try_coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
+    if annotation is Any:
+        return True, value
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None:
+            return type(None) in args, None
+        # exact-type members first, so "2e-4" in str|float stays what the member order says
+        for arg in sorted(args, key=lambda a: 0 if isinstance(a, type) and type(value) is a else 1):
+            ok, result = _try_coerce(value, arg)
+            if ok:
+                return True, result
+        return False, None
+    if origin is Literal:
+        return value in typing.get_args(annotation), value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            return False, None
+        if not isinstance(value, (list, tuple)):
+            return False, None
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        items = [_try_coerce(v, item_type) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        return isinstance(value, dict), value
+    if annotation is type(None):
+        return value is None, None
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, bool):
+            return False, None
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", value.strip()):
+            return True, float(value)
+        return False, None
+    if annotation is str:
+        return isinstance(value, str), value
+    if isinstance(annotation, type) and issubclass(annotation, str):  # str enums in TrainingArguments
+        return isinstance(value, str), value
+    if isinstance(annotation, type):
+        return isinstance(value, annotation), value
+    return True, value
+
+
+def _resolve_string_annotation(text: str) -> Any:
+    try:
+        return eval(text, {**typing.__dict__, "Union": Union}, {})  # noqa: S307 - annotations of our own dataclasses
+    except Exception:
+        return Any
+
+
+def describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(annotation))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (list, tuple):
+        (item,) = typing.get_args(annotation)[:1] or (Any,)
+        return f"a list of {describe(item)}"
+    if annotation is type(None):
+        return "null"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cross-field checks (cheap: no model, no data loaded)
+# ---------------------------------------------------------------------------------------------
+
+
+def validate(recipe: Recipe) -> None:
+    where = recipe.source or "<recipe>"
+    m, q, a, d, t = recipe.model, recipe.quantization, recipe.adapter, recipe.data, recipe.train
+
+    def fail(message: str) -> typing.NoReturn:
+        raise PeftkitError(f"{where}: {message}")
+
+    if recipe.task not in TASKS:
+        fail(f"'task' must be one of {', '.join(TASKS)}, got {recipe.task!r}")
+    if not recipe.output_dir:
+        fail("'output_dir' is empty; name the run folder, e.g. runs/sst2-smollm2")
+    if not m.name_or_path:
+        fail("'model.name_or_path' is required: a hub id, a local folder or packaged:<name>")
+    if m.dtype not in DTYPES:
+        fail(f"'model.dtype' must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
+    if m.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
+        fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or flash_attention_2")
+
+    if q.load_in_4bit and q.load_in_8bit:
+        fail("'quantization.load_in_4bit' and 'quantization.load_in_8bit' are both true; choose one")
+    if q.bnb_4bit_compute_dtype not in DTYPES:
+        fail(f"'quantization.bnb_4bit_compute_dtype' must be one of {', '.join(DTYPES)}")
+    if q.bnb_4bit_quant_storage not in (None, "uint8", "float32", "bfloat16", "float16"):
+        fail("'quantization.bnb_4bit_quant_storage' must be uint8, float32, bfloat16 or float16")
+
+    if a.r <= 0:
+        fail(f"'adapter.r' must be a positive integer, got {a.r}")
+    if a.lora_alpha <= 0:
+        fail(f"'adapter.lora_alpha' must be positive, got {a.lora_alpha}")
+    if not 0 <= a.lora_dropout < 1:
+        fail(f"'adapter.lora_dropout' must be in [0, 1), got {a.lora_dropout}")
+    if isinstance(a.target_modules, list) and not a.target_modules:
+        fail("'adapter.target_modules' is an empty list; use all-linear or name the modules (q_proj, v_proj, ...)")
+    init = a.init_lora_weights
+    if isinstance(init, str) and init not in ("gaussian", "pissa", "olora", "loftq", "eva", "orthogonal", "corda") and not init.startswith("pissa_niter_"):
+        fail(f"'adapter.init_lora_weights' {init!r} is not a PEFT init method; use true, gaussian, pissa, olora, ...")
+    if q.enabled and isinstance(init, str) and init.split("_")[0] in ("pissa", "olora", "loftq", "corda"):
+        fail(f"'adapter.init_lora_weights: {init}' rewrites the base weights and cannot start from a quantized base; "
+             "drop 'quantization' (PEFT quantizes the residual itself for loftq) or use the default init")
+    if a.use_dora and q.load_in_8bit:
+        # PEFT's DoRA needs the dequantized base weight norm each step; on 8-bit it is slow and unsupported for merge.
+        fail("'adapter.use_dora' with 'quantization.load_in_8bit' is not supported; use load_in_4bit (QDoRA) or no quantization")
+
+    if d.dataset is None and d.train_file is None:
+        fail("'data' needs 'train_file' (a local csv/tsv/jsonl/parquet file) or 'dataset' (a hub dataset id)")
+    if d.dataset is not None and d.train_file is not None:
+        fail("'data.dataset' and 'data.train_file' are both set; choose hub or local data")
+    if not d.has_header and not d.column_names:
+        fail("'data.has_header' is false: give 'data.column_names' (e.g. [text, label])")
+    if d.column_names and d.has_header:
+        fail("'data.column_names' is only for files without a header; set 'data.has_header: false'")
+    if d.max_length < 8:
+        fail(f"'data.max_length' must be at least 8 tokens, got {d.max_length}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        if value is not None and value <= 0:
+            fail(f"'data.{key}' must be a positive integer or null, got {value}")
+    if not 0 < d.eval_fraction < 1:
+        fail(f"'data.eval_fraction' must be between 0 and 1, got {d.eval_fraction}")
+    if d.label_names is not None:
+        if len(d.label_names) < 2:
+            fail("'data.label_names' needs at least two classes")
+        if len(set(d.label_names)) != len(d.label_names):
+            fail("'data.label_names' has duplicates")
+    if recipe.evaluate.batch_size <= 0:
+        fail("'evaluate.batch_size' must be positive")
+
+    for key in ("learning_rate",):
+        if float(t.get(key, 1)) <= 0:
+            fail(f"'train.{key}' must be positive, got {t[key]}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if key in t and int(t[key]) <= 0:
+            fail(f"'train.{key}' must be a positive integer, got {t[key]}")
+    if t.get("bf16") and t.get("fp16"):
+        fail("'train.bf16' and 'train.fp16' are both true; choose one")

@@ -1,0 +1,93 @@
+"""The run folder: everything a later command (evaluate, merge, push) needs, side by side."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftkit.errors import PeftkitError
+from peftkit.io import write_json_atomic, write_yaml_atomic
+from peftkit.recipe import Recipe, recipe_from_dict, validate
+
+RECIPE_FILE = "recipe.yaml"
+LABEL_MAP_FILE = "label_map.json"
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+SUMMARY_FILE = "train_summary.json"
+DATA_REPORT_FILE = "data_report.json"
+
+
+def prepare_run_dir(recipe: Recipe) -> Path:
+    """Create the run folder, or refuse to mix a different run into an existing one.
+
+    The same resolved recipe in an existing folder is the same run (a resume or a rerun); anything
+    else would overwrite results, so it needs overwrite_output_dir: true.
+    """
+    run_dir = Path(recipe.output_dir)
+    existing = run_dir / RECIPE_FILE
+    if existing.is_file() and not recipe.overwrite_output_dir:
+        previous = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+        if comparable(previous) != comparable(recipe.to_dict()):
+            changed = sorted(differences(comparable(previous), comparable(recipe.to_dict())))
+            raise PeftkitError(
+                f"output_dir {run_dir} already holds a different run (changed: {', '.join(changed[:5])}). "
+                "Choose another output_dir, or set overwrite_output_dir: true to replace it")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not existing.is_file() and not recipe.overwrite_output_dir:
+        raise PeftkitError(f"output_dir {run_dir} exists and is not a peftkit run folder; choose another "
+                           "output_dir or set overwrite_output_dir: true")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".peftkit-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
+    return run_dir
+
+
+def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
+    """Keys that define what a run computes; switches that only steer the launcher are left out."""
+    out = json.loads(json.dumps(recipe_dict, default=str))
+    out.pop("overwrite_output_dir", None)
+    return out
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return set().union(*(differences(a.get(k), b.get(k), f"{prefix}{k}.") for k in keys)) if keys else set()
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def save_run_files(run_dir: Path, recipe: Recipe, label_names: list[str] | None) -> None:
+    write_yaml_atomic(run_dir / RECIPE_FILE, recipe.to_dict())
+    if label_names is not None:
+        write_json_atomic(run_dir / LABEL_MAP_FILE, {
+            "id2label": {str(i): n for i, n in enumerate(label_names)},
+            "label2id": {n: i for i, n in enumerate(label_names)},
+        })
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
+    """The run folder and its resolved recipe, checked to hold a trained adapter."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RECIPE_FILE).is_file():
+        raise PeftkitError(f"{run_dir} is not a peftkit run folder (no {RECIPE_FILE}); give the output_dir of a train run")
+    if not (run_dir / ADAPTER_DIR / "adapter_config.json").is_file():
+        raise PeftkitError(f"{run_dir} has no trained adapter ({ADAPTER_DIR}/adapter_config.json); "
+                           "did the train run finish?")
+    raw = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8"))
+    recipe = recipe_from_dict(raw, where=str(run_dir / RECIPE_FILE))
+    recipe.source = str(run_dir / RECIPE_FILE)
+    validate(recipe)
+    return run_dir, recipe
+
+
+def label_names_of(run_dir: Path) -> list[str]:
+    mapping = json.loads((run_dir / LABEL_MAP_FILE).read_text(encoding="utf-8"))["id2label"]
+    return [mapping[str(i)] for i in range(len(mapping))]

@@ -1,0 +1,148 @@
+"""`peftkit train`: the whole run as one checklist, one module per stage."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from peftkit import __version__
+from peftkit.adapters import attach_adapter, parameter_counts
+from peftkit.data import format_report, load_classification_data, tokenize_split
+from peftkit.evaluate import format_metrics, write_metrics, classification_metrics
+from peftkit.io import replace_dir_atomic, staging_dir, write_json_atomic
+from peftkit.model import load_classifier, load_tokenizer, local_path, resolve_model_source
+from peftkit.quantize import prepare_for_training
+from peftkit.recipe import Recipe
+from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
+                               prepare_run_dir, save_run_files)
+
+
+def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
+    """Train an adapter as the recipe says, save the run folder, evaluate. Returns the metrics."""
+    from transformers import set_seed
+
+    started = time.time()
+    # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
+    set_seed(recipe.seed)
+    # ---- cheap checks, then the run folder ---------------------------------------------------
+    resolve_model_source(recipe.model)
+    run_dir = prepare_run_dir(recipe)
+    # ---- data: read and checked before any model is loaded -----------------------------------
+    data = load_classification_data(recipe.data, recipe.seed)
+    # ---- tokenizer and model -----------------------------------------------------------------
+    source = local_path(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, source)
+    model = load_classifier(recipe.model, recipe.quantization, data.label_names, tokenizer, source)
+    model = prepare_for_training(model, recipe.quantization, bool(recipe.train.get("gradient_checkpointing")))
+    # ---- adapter -----------------------------------------------------------------------------
+    set_seed(recipe.seed)
+    model = attach_adapter(model, recipe.adapter, task_type="SEQ_CLS")
+    trainable, total = parameter_counts(model)
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    # ---- tokenized splits --------------------------------------------------------------------
+    train_ds = tokenize_split(data.splits["train"], tokenizer, recipe.data.max_length, data.reports["train"])
+    eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
+    say(format_report(data))
+    # ---- trainer -----------------------------------------------------------------------------
+    trainer = build_trainer(recipe, run_dir, model, tokenizer, train_ds, eval_ds)
+    if trainer.is_world_process_zero():
+        save_run_files(run_dir, recipe, data.label_names)
+        write_json_atomic(run_dir / DATA_REPORT_FILE, data.report_dict())
+    # ---- train -------------------------------------------------------------------------------
+    result = trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir) if resume else None)
+    # ---- save the adapter (with the head) and tokenizer, atomically --------------------------
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
+    # ---- evaluate ----------------------------------------------------------------------------
+    metrics = evaluate_with_trainer(trainer, eval_ds, data.label_names) if recipe.evaluate.enabled else {}
+    if trainer.is_world_process_zero():
+        if metrics:
+            metrics["data_file"] = data.reports["eval"].source
+            write_metrics(run_dir, metrics)
+            say(format_metrics(metrics))
+        write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, data))
+        say(f"run folder: {run_dir}")
+    return metrics
+
+
+def build_trainer(recipe: Recipe, run_dir: Path, model, tokenizer, train_ds, eval_ds):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / LOG_DIR))
+    args = TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **recipe.train)
+    eval_during_training = args.eval_strategy != "no"
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if eval_during_training else None,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        processing_class=tokenizer,
+    )
+
+
+def latest_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / CHECKPOINT_DIR
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def save_adapter(model, tokenizer, final_dir: Path) -> None:
+    tmp = staging_dir(final_dir)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    replace_dir_atomic(tmp, final_dir)
+
+
+def evaluate_with_trainer(trainer, eval_ds, label_names: list[str]) -> dict[str, Any]:
+    """Predict on the whole eval set; under several processes the Trainer gathers every rank's share once.
+
+    Examples are sorted by length first so each batch pads little; labels travel with them.
+    """
+    lengths = [len(ids) for ids in eval_ds["input_ids"]]
+    by_length = eval_ds.select(sorted(range(len(eval_ds)), key=lengths.__getitem__))
+    output = trainer.predict(by_length, metric_key_prefix="eval")
+    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return classification_metrics(output.label_ids.tolist(), predictions.argmax(-1).tolist(), label_names)
+
+
+def summary(recipe: Recipe, result, trainable: int, total: int, started: float, data) -> dict[str, Any]:
+    from peftkit.packaged import hub_id_for
+
+    import torch
+
+    return {
+        "peftkit_version": __version__,
+        "wall_time_s": round(time.time() - started, 1),
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1),
+        "train_loss": result.metrics.get("train_loss"),
+        "global_step": result.global_step,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_examples": len(data.splits["train"]["text"]),
+        "eval_examples": len(data.splits["eval"]["text"]),
+        "base_model": recipe.model.name_or_path,
+        "base_model_hub_id": hub_id_for(recipe.model.name_or_path),
+        "hardware": hardware(),
+        "torch_version": torch.__version__,
+    }
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def say(message: str) -> None:
+    """Progress for the person at the terminal, from the main process only."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(message, flush=True)
