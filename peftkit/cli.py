@@ -57,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
     evaluate.add_argument("--data", metavar="FILE", help="evaluate on this file instead (same columns as the recipe)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    generate = sub.add_parser("generate", help="print a causal-LM run's answer to a prompt",
+                              description="Answer PROMPT with the base model + trained adapter of RUN_DIR (task sft "
+                                          "or generative_classification), greedy, through the chat template.")
+    generate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
+    generate.add_argument("prompt", metavar="PROMPT", help="the user's message")
+    generate.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="longest answer (default 128)")
+    generate.add_argument("--raw", action="store_true",
+                          help="send PROMPT as plain text, without the chat template (runs trained on plain prompts)")
+    generate.set_defaults(func=cmd_generate)
     return parser
 
 
@@ -103,4 +113,11 @@ def cmd_evaluate(args) -> int:
     from peftkit.evaluate import evaluate_run
 
     evaluate_run(args.run_dir, args.data)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from peftkit.generate import generate
+
+    print(generate(args.run_dir, args.prompt, args.max_new_tokens, raw=args.raw))
     return 0

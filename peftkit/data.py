@@ -243,10 +243,15 @@ def clean_split(rows: list[dict], source: str, data: DataSection, label_names: l
     return {"text": texts, "label": labels}, report
 
 
+def split_size(split: dict[str, list]) -> int:
+    """Rows in a split held as columns (any format: text/label, prompt/completion, messages)."""
+    return len(next(iter(split.values())))
+
+
 def hold_out(split: dict[str, list], fraction: float, seed: int):
     import random
 
-    order = list(range(len(split["text"])))
+    order = list(range(split_size(split)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(len(order) * fraction))
     pick = lambda idx: {k: [v[i] for i in idx] for k, v in split.items()}  # noqa: E731
@@ -258,9 +263,9 @@ def subsample(splits, reports, name: str, limit: int | None, seed: int) -> None:
     import random
 
     split = splits.get(name)
-    if limit is None or split is None or len(split["text"]) <= limit:
+    if limit is None or split is None or split_size(split) <= limit:
         return
-    chosen = sorted(random.Random(seed).sample(range(len(split["text"])), limit))
+    chosen = sorted(random.Random(seed).sample(range(split_size(split)), limit))
     splits[name] = {k: [v[i] for i in chosen] for k, v in split.items()}
     reports[name].rows_used = limit
 

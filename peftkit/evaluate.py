@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.recipe import CAUSAL_TASKS
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "eval_report.txt"
@@ -96,6 +97,10 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None) -> dict[str,
     from peftkit.train import evaluate_with_trainer
 
     run_dir, recipe = load_run(run_dir)
+    if recipe.task in CAUSAL_TASKS:  # scored by the causal LM itself, not a classification head
+        from peftkit.generative import evaluate_causal_run
+
+        return evaluate_causal_run(run_dir, recipe, data_file)
     labels = label_names_of(run_dir)
     recipe.data.label_names = labels
     data = load_classification_data(recipe.data, recipe.seed, eval_file=data_file)

@@ -92,6 +92,28 @@ def load_classifier(model: ModelSection, quant: QuantizationSection, labels: lis
     return net
 
 
+def load_causal_lm(model: ModelSection, quant: QuantizationSection, tokenizer, source: str | None = None):
+    """AutoModelForCausalLM (its own LM head: nothing new to train but the adapter), pad token set on the model."""
+    from transformers import AutoModelForCausalLM
+
+    from peftkit.quantize import bnb_config, disable_cpu_weight_repacking, resolve_dtype
+
+    qconfig = bnb_config(quant)
+    kwargs = dict(dtype=resolve_dtype(model.dtype), pad_token_id=tokenizer.pad_token_id)
+    if model.attn_implementation:
+        kwargs["attn_implementation"] = model.attn_implementation
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = quantized_device_map()
+    net = _from_pretrained(AutoModelForCausalLM, source or local_path(model), model, **kwargs)
+    net.config.pad_token_id = tokenizer.pad_token_id
+    if net.generation_config is not None:
+        net.generation_config.pad_token_id = tokenizer.pad_token_id
+    if quant.load_in_4bit:
+        disable_cpu_weight_repacking(net)
+    return net
+
+
 def quantized_device_map():
     """bitsandbytes places weights at load time: this process's GPU, or the CPU."""
     import torch
@@ -120,5 +142,16 @@ def load_trained_classifier(run_dir: Path, model: ModelSection, quant: Quantizat
     adapter_dir = Path(run_dir) / "adapter"
     tokenizer = load_tokenizer(model, str(adapter_dir))
     base = load_classifier(model, quant, labels, tokenizer)
+    net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    return tokenizer, net.eval()
+
+
+def load_trained_causal_lm(run_dir: Path, model: ModelSection, quant: QuantizationSection):
+    """(tokenizer, base causal LM + trained adapter) from a run folder, ready for scoring or generation."""
+    from peft import PeftModel
+
+    adapter_dir = Path(run_dir) / "adapter"
+    tokenizer = load_tokenizer(model, str(adapter_dir))
+    base = load_causal_lm(model, quant, tokenizer)
     net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     return tokenizer, net.eval()

@@ -24,7 +24,12 @@ import yaml
 
 from peftkit.errors import PeftkitError
 
-TASKS = ("classification",)
+TASKS = ("classification", "sft", "generative_classification")
+CAUSAL_TASKS = ("sft", "generative_classification")
+"""Tasks trained as a causal LM with ``trl.SFTTrainer``; their ``train`` section is a ``trl.SFTConfig``."""
+SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
+# Attention implementations that keep packed (padding-free) sequences apart: every run re-checks it on its model.
+EXACT_PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -95,11 +100,31 @@ class DataSection:
     dataset_config: str | None = None
     train_split: str = "train"
     eval_split: str = "validation"
-    format: Literal["classification"] = "classification"
+    format: Literal["classification", "text", "prompt_completion", "messages", "alpaca"] = "classification"
+    """classification (text + label; also for task generative_classification) | text (plain language modeling) |
+    prompt_completion | messages (chat turns, rendered with the tokenizer's chat template) |
+    alpaca (instruction/input/output columns mapped to prompt/completion with a template)."""
     text_column: str = "text"
     label_column: str = "label"
     label_names: list[str] | None = None
     """Class names in id order. Labels in the data may be these names or their ids. None: sorted unique labels."""
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    """A list of {role, content} turns per row (jsonl, parquet or hub data)."""
+    prompt_template: str | None = None
+    """Builds the prompt from the row's columns, e.g. "Review: {text}\\nSentiment:" ({text} is data.text_column).
+    Defaults: classification "{text}\\nLabel:"; alpaca the Stanford Alpaca prompt; prompt_completion the prompt column."""
+    completion_template: str | None = None
+    """Builds the completion from the row's columns (prompt_completion, alpaca), e.g. " {label}"."""
+    label_words: dict[str, str] | None = None
+    """generative_classification: the completion for each label name. None: " " + the label name."""
+    use_chat_template: bool = False
+    """Send the prompt as a user turn and the completion as the assistant turn, rendered with the tokenizer's
+    chat template (instruct models). prompt_completion, alpaca and classification formats."""
+    max_dropped_fraction: float = 0.5
+    """Causal-LM tasks: stop when more than this fraction of a split would be dropped because truncation to
+    max_length leaves an example no tokens to learn from (trl#1191)."""
     has_header: bool = True
     """For csv/tsv files. False: give column_names."""
     column_names: list[str] | None = None
@@ -141,8 +166,28 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "data_seed": 42,
     "dataloader_num_workers": 0,
 }
-# Set by peftkit itself; a recipe cannot change them.
-TRAIN_RESERVED = ("output_dir", "logging_dir", "remove_unused_columns", "label_names")
+# Set by peftkit itself; a recipe cannot change them. Key -> where the setting lives instead.
+TRAIN_RESERVED = {
+    "output_dir": "use the top-level output_dir instead",
+    "logging_dir": "logs go to <output_dir>/logs",
+    "remove_unused_columns": "peftkit builds the columns the trainer needs",
+    "label_names": "use data.label_names",
+}
+# Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
+# gradient checkpointing; peftkit keeps both opt-in, as on the classification path, so a recipe means the same
+# precision and speed trade-off whatever its task. `packing` is filled from the model's attention implementation.
+SFT_TRAIN_DEFAULTS: dict[str, Any] = {
+    "bf16": False,
+    "gradient_checkpointing": False,
+}
+SFT_TRAIN_RESERVED = {
+    "max_length": "use data.max_length (one limit for the data audit and for training)",
+    "dataset_text_field": "use data.text_column",
+    "dataset_kwargs": "peftkit prepares the data itself, to count what is truncated or dropped",
+    "model_init_kwargs": "the model section loads the model",
+    "trust_remote_code": "use model.trust_remote_code",
+    "pad_token": "peftkit sets the tokenizer's pad token",
+}
 
 
 @dataclass
@@ -254,7 +299,9 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise PeftkitError(f"{where}: 'train' must be a section of TrainingArguments keys, got {train!r}")
-    kwargs["train"] = build_train(train, where)
+    kwargs["train"] = build_train(train, where, kwargs.get("task", "classification"))
+    if kwargs.get("task") in CAUSAL_TASKS and "packing" not in train:
+        kwargs["train"]["packing"] = kwargs["model"].attn_implementation in EXACT_PACKING_ATTENTION
     return Recipe(**kwargs)
 
 
@@ -274,24 +321,32 @@ def build_section(cls: type, raw: dict[str, Any], name: str, where: str):
     return cls(**values)
 
 
-def build_train(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Check train keys against TrainingArguments' own fields and types; fill peftkit's defaults."""
-    fields = training_argument_fields()
+def build_train(raw: dict[str, Any], where: str, task: str = "classification") -> dict[str, Any]:
+    """Check train keys against the task's trainer config (TrainingArguments or trl.SFTConfig); fill peftkit's defaults."""
+    causal = task in CAUSAL_TASKS
+    reserved = {**TRAIN_RESERVED, **(SFT_TRAIN_RESERVED if causal else {})}
+    fields = training_argument_fields(task)
     for key in raw:
-        if key in TRAIN_RESERVED:
-            raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; use the top-level output_dir instead")
+        if key in reserved:
+            raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; {reserved[key]}")
     reject_unknown(raw, fields, where, "train.")
-    values = dict(TRAIN_DEFAULTS)
+    values = {**TRAIN_DEFAULTS, **(SFT_TRAIN_DEFAULTS if causal else {})}
     for key, value in raw.items():
         values[key] = coerce(value, fields[key], f"train.{key}", where)
     return values
 
 
-def training_argument_fields() -> dict[str, Any]:
-    """TrainingArguments field name -> type. transformers is imported here, not at module import."""
-    from transformers import TrainingArguments
+def training_argument_fields(task: str = "classification") -> dict[str, Any]:
+    """Field name -> type of the task's trainer config: trl.SFTConfig for causal-LM tasks, else TrainingArguments.
 
-    return {f.name: f.type for f in dataclasses.fields(TrainingArguments) if f.init}
+    transformers and trl are imported here, not at module import.
+    """
+    if task in CAUSAL_TASKS:
+        from trl import SFTConfig as config_class
+    else:
+        from transformers import TrainingArguments as config_class
+
+    return {f.name: f.type for f in dataclasses.fields(config_class) if f.init}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -455,6 +510,15 @@ def validate(recipe: Recipe) -> None:
             fail("'data.label_names' has duplicates")
     if recipe.evaluate.batch_size <= 0:
         fail("'evaluate.batch_size' must be positive")
+    if recipe.task in CAUSAL_TASKS:
+        validate_causal(recipe, fail)
+    else:
+        for key in ("prompt_template", "completion_template", "label_words", "use_chat_template"):
+            if getattr(d, key) != getattr(DataSection, key):
+                fail(f"'data.{key}' is for causal-LM tasks (task: sft or generative_classification), "
+                     f"not task: {recipe.task}")
+        if d.format != "classification":
+            fail(f"'data.format: {d.format}' needs task: sft; task: {recipe.task} reads classification data")
 
     for key in ("learning_rate",):
         if float(t.get(key, 1)) <= 0:
@@ -464,3 +528,65 @@ def validate(recipe: Recipe) -> None:
             fail(f"'train.{key}' must be a positive integer, got {t[key]}")
     if t.get("bf16") and t.get("fp16"):
         fail("'train.bf16' and 'train.fp16' are both true; choose one")
+
+
+def validate_causal(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """Checks for task sft / generative_classification: format, templates, loss masks, packing."""
+    d, t = recipe.data, recipe.train
+    if recipe.task == "generative_classification" and d.format != "classification":
+        fail(f"task generative_classification reads classification data (text + label): set data.format: "
+             f"classification, not {d.format}")
+    if recipe.task == "sft" and d.format not in SFT_FORMATS:
+        fail(f"task sft needs 'data.format' {', '.join(SFT_FORMATS)}; to predict labels from classification data "
+             "use task: generative_classification")
+    for key in ("prompt_template", "completion_template"):
+        template = getattr(d, key)
+        if template is not None:
+            check_template(template, f"data.{key}", fail)
+    if d.format in ("text", "messages"):
+        for key in ("prompt_template", "completion_template"):
+            if getattr(d, key) is not None:
+                fail(f"'data.{key}' builds prompts and completions; data.format {d.format} has none "
+                     "(use prompt_completion or alpaca)")
+    if d.format == "classification" and d.completion_template is not None:
+        fail("'data.completion_template' is not used by classification data; set 'data.label_words' instead")
+    if d.label_words is not None:
+        if recipe.task != "generative_classification":
+            fail("'data.label_words' is for task generative_classification")
+        if not all(isinstance(w, str) and w.strip() for w in d.label_words.values()):
+            fail("'data.label_words' values must be non-empty strings, e.g. {negative: ' negative'}")
+        if len(set(d.label_words.values())) != len(d.label_words):
+            fail("'data.label_words' maps two labels to the same word; each class needs its own")
+    if d.use_chat_template and d.format in ("text", "messages"):
+        fail(f"'data.use_chat_template' wraps prompt/completion pairs in chat turns; data.format {d.format} "
+             + ("is rendered with the chat template already" if d.format == "messages" else "has no pairs"))
+    if not 0 <= d.max_dropped_fraction <= 1:
+        fail(f"'data.max_dropped_fraction' must be between 0 and 1, got {d.max_dropped_fraction}")
+
+    pairs = d.format in ("prompt_completion", "alpaca", "classification")
+    if t.get("completion_only_loss") and not pairs:
+        fail(f"'train.completion_only_loss' needs prompt/completion data; data.format {d.format} has no completion "
+             "(TRL would silently train on every token)" + (": use train.assistant_only_loss for chat data"
+                                                           if d.format == "messages" else ""))
+    if t.get("assistant_only_loss") and not (d.format == "messages" or d.use_chat_template):
+        fail("'train.assistant_only_loss' needs chat data: data.format messages, or data.use_chat_template: true")
+    if t.get("padding_free") and not t.get("packing"):
+        fail("'train.padding_free' without packing cannot truncate to data.max_length (TRL needs max_length=None "
+             "then); keep train.packing: true, which batches padding-free, or set train.padding_free: false")
+    if t.get("packing") and t.get("packing_strategy", "bfd") not in ("bfd", "bfd_split", "wrapped"):
+        fail("'train.packing_strategy' must be bfd, bfd_split or wrapped")
+    if t.get("chat_template_path") and not str(t["chat_template_path"]).endswith((".jinja", ".j2")):
+        fail("'train.chat_template_path' must be a .jinja or .j2 file (peftkit renders the data with it before "
+             "training, to count what truncation drops)")
+
+
+def check_template(template: str, key: str, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """A template is a Python format string over column names: catch unbalanced braces before any data is read."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        fail(f"'{key}' is not a valid template ({e}); write columns as {{column}} and literal braces as {{{{ }}}}")
+    if any(not name or not name.isidentifier() for name in fields):
+        fail(f"'{key}': placeholders must be column names like {{text}}; got {template!r}")

@@ -11,12 +11,12 @@ from typing import Any
 
 from peftkit import __version__
 from peftkit.adapters import attach_adapter, parameter_counts
-from peftkit.data import format_report, load_classification_data, tokenize_split
+from peftkit.data import format_report, load_classification_data, split_size, tokenize_split
 from peftkit.evaluate import format_metrics, write_metrics, classification_metrics
 from peftkit.io import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.model import load_classifier, load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
-from peftkit.recipe import Recipe
+from peftkit.recipe import CAUSAL_TASKS, Recipe
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
                                prepare_run_dir, save_run_files)
 
@@ -25,6 +25,10 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     """Train an adapter as the recipe says, save the run folder, evaluate. Returns the metrics."""
     from transformers import set_seed
 
+    if recipe.task in CAUSAL_TASKS:  # causal LMs train through TRL's SFTTrainer: their own checklist
+        from peftkit.sft_train import run as run_causal
+
+        return run_causal(recipe, resume)
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
@@ -125,8 +129,8 @@ def summary(recipe: Recipe, result, trainable: int, total: int, started: float, 
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "trainable_params": trainable,
         "total_params": total,
-        "train_examples": len(data.splits["train"]["text"]),
-        "eval_examples": len(data.splits["eval"]["text"]),
+        "train_examples": split_size(data.splits["train"]),
+        "eval_examples": split_size(data.splits["eval"]),
         "base_model": recipe.model.name_or_path,
         "base_model_hub_id": hub_id_for(recipe.model.name_or_path),
         "hardware": hardware(),

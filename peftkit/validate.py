@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from peftkit.data import format_report, load_classification_data
 from peftkit.model import resolve_model_source
-from peftkit.recipe import Recipe
+from peftkit.recipe import CAUSAL_TASKS, Recipe
 
 
 def check_recipe_inputs(recipe: Recipe) -> str:
     """Raise PeftkitError on the first problem; return a short summary when all is well."""
     source = resolve_model_source(recipe.model)
-    data = load_classification_data(recipe.data, recipe.seed)
+    data_report = audit_causal_data(recipe) if recipe.task in CAUSAL_TASKS else format_report(
+        load_classification_data(recipe.data, recipe.seed))
     quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
              else "8-bit" if recipe.quantization.load_in_8bit else "none")
     return "\n".join([
         f"recipe OK: {recipe.source}",
         f"task: {recipe.task}; model: {source}; quantization: {quant}; "
         f"adapter: {'DoRA' if recipe.adapter.use_dora else 'LoRA'} r={recipe.adapter.r}",
-        format_report(data),
+        data_report,
         f"output_dir: {recipe.output_dir}",
     ])
+
+
+def audit_causal_data(recipe: Recipe) -> str:
+    """Causal-LM data read and tokenized as training will (the tokenizer, not the model): what truncation drops."""
+    from peftkit.model import load_tokenizer
+    from peftkit.sft_data import format_causal_report, load_causal_data, prepare_examples, truncation_length
+
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    prepare_examples(recipe, load_tokenizer(recipe.model), causal)
+    return format_causal_report(causal, truncation_length(recipe))

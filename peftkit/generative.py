@@ -1,0 +1,166 @@
+"""Evaluating causal-LM runs: classification by label scoring, and held-out loss for SFT.
+
+Classification by generation does not generate: for each example it scores every label's completion under the
+model and predicts the most likely one, so there is never an unparseable answer.
+
+A label's score is the SUM of the log-probabilities of its completion tokens, the EOS the model was trained to
+emit after the label word included: that is log P(completion | prompt), exactly the quantity training maximises.
+Length normalisation (the mean per token) is a zero-shot heuristic that breaks this: after fine-tuning, the tokens
+after a label's first token are near-certain (log-prob ~ 0), so a mean divides one real decision by the label's
+token count and favours multi-token labels (" Sci/Tech" is three tokens, " World" one). With the EOS included, a
+label that is a prefix of another (" pos" / " positive") is still told apart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
+from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.sft_data import IGNORE, CausalData, Encoded, Encoder, completion_part
+
+SCORING = "sum of the label completion's token log-probabilities (EOS included)"
+
+
+def sequence_logprobs(model, encoded: Sequence[Encoded], pad_token_id: int, batch_size: int = 32,
+                      ) -> list[tuple[float, int]]:
+    """(sum of log P(token | tokens before it), number of tokens) over each sequence's labelled positions.
+
+    Sequences are batched by length and LEFT-padded, so the labelled tokens (a completion) sit at the end of every
+    row and the model computes logits for the last positions only (``logits_to_keep``): a 49k-token vocabulary
+    times every position would be most of the memory. Position ids follow the attention mask, so padding changes
+    nothing.
+    """
+    import torch
+
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(encoded[i].input_ids) for i in chunk)
+            ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+            labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                n = len(encoded[i].input_ids)
+                ids[row, width - n:] = torch.tensor(encoded[i].input_ids)
+                labels[row, width - n:] = torch.tensor(encoded[i].labels)
+                mask[row, width - n:] = 1
+            labels[:, 0] = IGNORE  # nothing predicts the first token
+            labelled_columns = (labels != IGNORE).any(0).nonzero()
+            first = int(labelled_columns[0]) if len(labelled_columns) else width - 1
+            keep = width - first + 1  # logits at positions first-1 .. width-1 predict tokens first .. width-1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                           use_cache=False, logits_to_keep=keep).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = labels[:, width - keep + 1:].to(device)
+            picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            valid = targets != IGNORE
+            sums = (picked * valid).sum(-1).tolist()
+            counts = valid.sum(-1).tolist()
+            for row, i in enumerate(chunk):
+                results[i] = (sums[row], counts[row])
+    return results
+
+
+def score_labels(model, encoder: Encoder, prompts: Sequence[Any], label_words: Sequence[str], chat: bool,
+                 batch_size: int = 32) -> list[list[float]]:
+    """scores[i][j]: log P(label j's completion | prompt i), summed over its tokens (see the module docstring)."""
+    scorer = Encoder(encoder.tokenizer, completion_only_loss=True, chat_template=encoder.chat_template)
+    completions = [completion_part(w, chat) for w in label_words]
+    encoded = [scorer.encode({"prompt": p, "completion": c}) for p in prompts for c in completions]
+    flat = sequence_logprobs(model, encoded, encoder.tokenizer.pad_token_id, batch_size)
+    n = len(label_words)
+    return [[flat[i * n + j][0] for j in range(n)] for i in range(len(prompts))]
+
+
+def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
+                        split: str = "eval") -> dict[str, Any]:
+    """Label-scoring predictions on a split -> the same metrics as the classification-head path."""
+    was_training = model.training
+    model.eval()
+    started = time.time()
+    scores = score_labels(model, encoder, causal.splits[split]["prompt"], causal.label_words, chat, batch_size)
+    model.train(was_training)
+    predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
+    metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
+    metrics["method"] = "label scoring: " + SCORING
+    metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))
+    metrics["eval_seconds"] = round(time.time() - started, 1)
+    return metrics
+
+
+def evaluate_lm_loss(model, encoder: Encoder, causal: CausalData, max_length: int, batch_size: int,
+                     split: str = "eval") -> dict[str, Any]:
+    """Held-out loss and perplexity of an SFT run: mean negative log-likelihood per loss token, the tokens and
+    truncation exactly as in training."""
+    was_training = model.training
+    model.eval()
+    encoded = []
+    for example in causal.examples(split):
+        enc = encoder.encode(example)
+        encoded.append(Encoded(enc.input_ids[:max_length], enc.labels[:max_length]))
+    results = sequence_logprobs(model, encoded, encoder.tokenizer.pad_token_id, batch_size)
+    model.train(was_training)
+    total = sum(s for s, _ in results)
+    tokens = sum(n for _, n in results)
+    loss = -total / max(tokens, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "loss_tokens": tokens,
+            "num_examples": len(encoded)}
+
+
+def format_lm_metrics(metrics: dict[str, Any]) -> str:
+    return (f"eval loss {metrics['eval_loss']:.4f}   perplexity {metrics['perplexity']:.2f}   "
+            f"({metrics['num_examples']} examples, {metrics['loss_tokens']:,} loss tokens)")
+
+
+def write_causal_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
+    """The classification files (metrics.json, report, confusion matrix) or, for SFT, metrics.json and a report.
+    Returns the readable report."""
+    if "confusion_matrix" in metrics:
+        write_metrics(out_dir, metrics)
+        return format_metrics(metrics)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    text = format_lm_metrics(metrics)
+    write_text_atomic(out_dir / "eval_report.txt", text + "\n")
+    return text
+
+
+def evaluate_causal(recipe, model, encoder: Encoder, causal: CausalData) -> dict[str, Any]:
+    """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
+    if recipe.task == "generative_classification":
+        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size)
+    else:
+        metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
+    metrics["split"] = "eval"
+    metrics["data_file"] = causal.reports["eval"].source
+    return metrics
+
+
+def evaluate_causal_run(run_dir: Path, recipe, data_file: str | None = None) -> dict[str, Any]:
+    """`peftkit evaluate` on a causal-LM run (folder and recipe from ``load_run``): its adapter on the eval split,
+    or on another file."""
+    from peftkit.model import load_trained_causal_lm
+    from peftkit.runfolder import LABEL_MAP_FILE, label_names_of
+    from peftkit.sft_data import format_causal_report, load_causal_data, prepare_examples, truncation_length
+
+    if (run_dir / LABEL_MAP_FILE).is_file():
+        recipe.data.label_names = label_names_of(run_dir)
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=data_file)
+    causal.splits = {"eval": causal.splits["eval"]}
+    causal.reports = {"eval": causal.reports["eval"]}
+    tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
+    encoder = prepare_examples(recipe, tokenizer, causal)
+    print(format_causal_report(causal, truncation_length(recipe)), flush=True)
+    metrics = evaluate_causal(recipe, model, encoder, causal)
+    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    print(write_causal_metrics(out_dir, metrics), flush=True)
+    print(f"written to {out_dir}", flush=True)
+    return metrics

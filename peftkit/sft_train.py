@@ -1,0 +1,195 @@
+"""`peftkit train` for causal-LM tasks (sft, generative_classification): the checklist, through trl.SFTTrainer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftkit.adapters import attach_adapter, parameter_counts
+from peftkit.errors import PeftkitError
+from peftkit.generative import evaluate_causal, write_causal_metrics
+from peftkit.io import write_json_atomic
+from peftkit.model import load_causal_lm, load_tokenizer, local_path, resolve_model_source
+from peftkit.quantize import prepare_for_training
+from peftkit.recipe import Recipe
+from peftkit.runfolder import ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir, save_run_files
+from peftkit.sft_data import (CausalData, Encoder, format_causal_report, load_causal_data, prepare_examples,
+                              truncation_length)
+from peftkit.train import latest_checkpoint, save_adapter, say, summary
+
+
+def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
+    """Fine-tune a causal LM with an adapter as the recipe says, save the run folder, evaluate."""
+    from transformers import set_seed
+
+    started = time.time()
+    # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
+    set_seed(recipe.seed)
+    # ---- cheap checks, then the run folder ---------------------------------------------------
+    resolve_model_source(recipe.model)
+    run_dir = prepare_run_dir(recipe)
+    # ---- data: read and checked before any model is loaded -----------------------------------
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    # ---- tokenizer; the audit: what truncation to max_length leaves to learn, as TRL will see it
+    source = local_path(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, source)
+    encoder = prepare_examples(recipe, tokenizer, causal)
+    say(format_causal_report(causal, truncation_length(recipe)))
+    # ---- model -------------------------------------------------------------------------------
+    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer, source)
+    model = prepare_for_training(model, recipe.quantization, bool(recipe.train.get("gradient_checkpointing")))
+    # ---- adapter -----------------------------------------------------------------------------
+    set_seed(recipe.seed)
+    model = attach_adapter(model, recipe.adapter, task_type="CAUSAL_LM")
+    trainable, total = parameter_counts(model)
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    # ---- packing: padding-free batches must keep sequences apart on this very model ----------
+    if recipe.train.get("packing"):
+        check_packing_exact(model, tokenizer, encoder, causal, recipe)
+    # ---- trainer -----------------------------------------------------------------------------
+    trainer = build_sft_trainer(recipe, run_dir, model, tokenizer, causal)
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    say(batching_plan(trainer, recipe))
+    if trainer.is_world_process_zero():
+        save_run_files(run_dir, recipe, causal.label_names)
+        write_json_atomic(run_dir / DATA_REPORT_FILE, causal.report_dict())
+    # ---- train -------------------------------------------------------------------------------
+    result = trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir) if resume else None)
+    say(counter.describe(recipe.train.get("gradient_accumulation_steps", 1) * trainer.args.world_size))
+    # ---- save the adapter and tokenizer, atomically ------------------------------------------
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
+    # ---- evaluate: label scoring or held-out loss, on the main process -----------------------
+    metrics: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        if recipe.evaluate.enabled:
+            metrics = evaluate_causal(recipe, trainer.model, encoder, causal)
+            say(write_causal_metrics(run_dir, metrics))
+        facts = summary(recipe, result, trainable, total, started, causal)
+        facts.update(counter.summary(), packing=bool(recipe.train.get("packing")))
+        write_json_atomic(run_dir / SUMMARY_FILE, facts)
+        say(f"run folder: {run_dir}")
+    return metrics
+
+
+def build_sft_trainer(recipe: Recipe, run_dir: Path, model, tokenizer, causal: CausalData):
+    """SFTTrainer on the audited examples; the recipe's train section is the SFTConfig, max_length from data."""
+    import os
+
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / LOG_DIR))
+    args = SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=recipe.data.max_length, **recipe.train)
+    eval_during_training = args.eval_strategy != "no"
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(causal.examples("train")),
+        eval_dataset=datasets.Dataset.from_list(causal.examples("eval")) if eval_during_training else None,
+        processing_class=tokenizer,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: exactness and what it buys
+# ---------------------------------------------------------------------------------------------
+
+
+def packing_gap(model, first: list[int], second: list[int], pad_token_id: int) -> float:
+    """Largest difference in any log-probability between two sequences run apart and run packed into one
+    padding-free row (the exact batch TRL's collator builds).
+
+    Packed sequences are kept apart only through their position ids (sdpa/eager build a block-diagonal mask from
+    them; flash attention uses the cumulative lengths). A model that ignores them lets the second sequence attend
+    to the first, which moves its log-probabilities by whole units, not by rounding noise.
+    """
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        alone = [torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits.float(), -1)[0]
+                 for ids in (first, second)]
+        batch = collate([{"input_ids": first}, {"input_ids": second}])
+        batch.pop("labels")
+        packed = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)[0]
+    model.train(was_training)
+    return float((packed - torch.cat(alone)).abs().max())
+
+
+def packing_tolerance(model) -> float:
+    """Rounding noise allowed between packed and separate runs: float32 matmuls of different shapes agree to
+    ~1e-5 in log-probability; 16-bit weights or 4-bit compute to ~1e-2. Cross-sequence attention moves them
+    by 0.1 to several units."""
+    import torch
+
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    return 1e-3 if dtype == torch.float32 and not quantized else 5e-2
+
+
+def check_packing_exact(model, tokenizer, encoder: Encoder, causal: CausalData, recipe: Recipe) -> None:
+    """Stop before training if packing would let sequences see each other on this model."""
+    limit = recipe.data.max_length // 2
+    first, second = (encoder.encode(e).input_ids[:limit] for e in (causal.examples("train") * 2)[:2])
+    gap = packing_gap(model, first, second, tokenizer.pad_token_id)
+    tolerance = packing_tolerance(model)
+    if gap > tolerance:
+        raise PeftkitError(
+            f"train.packing: packed sequences are not kept apart by this model (attention "
+            f"{recipe.model.attn_implementation!r}): log-probabilities moved by {gap:.3g} (allowed {tolerance:g}). "
+            "Set train.packing=false, or model.attn_implementation to sdpa or eager")
+    say(f"packing check: packed and separate log-probabilities agree to {gap:.1e} (allowed {tolerance:g})")
+
+
+def batching_plan(trainer, recipe: Recipe) -> str:
+    """How the prepared training set will be batched, from TRL's prepared dataset."""
+    ds = trainer.train_dataset
+    t = recipe.train
+    if t.get("packing"):
+        lengths = [len(ids) for ids in ds["input_ids"]]
+        examples = sum(len(s) for s in ds["seq_lengths"]) if "seq_lengths" in ds.column_names else len(lengths)
+        fill = sum(lengths) / (len(lengths) * recipe.data.max_length)
+        return (f"packing ({t.get('packing_strategy', 'bfd')}): {examples:,} examples -> {len(lengths):,} rows of "
+                f"<= {recipe.data.max_length} tokens ({fill:.0%} full); padding-free batches of "
+                f"{trainer.args.per_device_train_batch_size} rows")
+    return f"no packing: {len(ds):,} examples in padded batches of {trainer.args.per_device_train_batch_size}"
+
+
+@dataclass
+class TokenCounter:
+    """Wraps the trainer's collator to measure what each batch really holds: tokens and padding.
+
+    Counted in the main process (dataloader_num_workers > 0 collates in workers, and nothing is counted).
+    """
+
+    collator: Any
+    batches: int = 0
+    tokens: int = 0
+    positions: int = 0
+
+    def __call__(self, examples: list[dict[str, Any]]):
+        batch = self.collator(examples)
+        self.batches += 1
+        self.tokens += sum(len(e["input_ids"]) for e in examples)
+        self.positions += batch["input_ids"].numel()
+        return batch
+
+    def summary(self) -> dict[str, Any]:
+        if not self.batches:
+            return {}
+        return {"padding_fraction": round(1 - self.tokens / self.positions, 4),
+                "tokens_per_batch": round(self.tokens / self.batches, 1), "batches": self.batches}
+
+    def describe(self, batches_per_step: int) -> str:
+        if not self.batches:
+            return "batches: not measured (collated in dataloader workers)"
+        return (f"batches: {self.batches:,}, {self.tokens / self.batches:,.0f} tokens each, "
+                f"{batches_per_step * self.tokens / self.batches:,.0f} tokens per optimizer step, "
+                f"padding {1 - self.tokens / self.positions:.1%}")
