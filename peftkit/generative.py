@@ -71,13 +71,84 @@ def sequence_logprobs(model, encoded: Sequence[Encoded], pad_token_id: int, batc
 
 def score_labels(model, encoder: Encoder, prompts: Sequence[Any], label_words: Sequence[str], chat: bool,
                  batch_size: int = 32) -> list[list[float]]:
-    """scores[i][j]: log P(label j's completion | prompt i), summed over its tokens (see the module docstring)."""
+    """scores[i][j]: log P(label j's completion | prompt i), summed over its tokens (see the module docstring).
+
+    Each prompt is run once and every label continues from its cached keys and values: for SST-2 that halves the
+    tokens the model reads, for four AG News labels it cuts them by about 3x. An example whose tokens differ from
+    that shape (a prompt whose last token merges into a label, a label tokenized differently in its context) is
+    scored the plain way instead, one full sequence per label.
+    """
+    from collections import Counter
+
     scorer = Encoder(encoder.tokenizer, completion_only_loss=True, chat_template=encoder.chat_template)
     completions = [completion_part(w, chat) for w in label_words]
-    encoded = [scorer.encode({"prompt": p, "completion": c}) for p in prompts for c in completions]
-    flat = sequence_logprobs(model, encoded, encoder.tokenizer.pad_token_id, batch_size)
+    encoded = [[scorer.encode({"prompt": p, "completion": c}) for c in completions] for p in prompts]
+    split = [split_prompt(row) for row in encoded]
+    seen = [tuple(map(tuple, parts[1])) for parts in split if parts is not None]
+    usual = [list(c) for c in Counter(seen).most_common(1)[0][0]] if seen else None
+    shared = [i for i, parts in enumerate(split) if parts is not None and parts[1] == usual]
+    rest = [i for i in range(len(prompts)) if i not in set(shared)]
+    scores: list[list[float]] = [[] for _ in prompts]
+    pad = encoder.tokenizer.pad_token_id
+    for i, row in zip(shared, shared_prompt_logprobs(model, [split[i][0] for i in shared], usual, pad, batch_size)):
+        scores[i] = row
+    flat = sequence_logprobs(model, [enc for i in rest for enc in encoded[i]], pad, batch_size)
     n = len(label_words)
-    return [[flat[i * n + j][0] for j in range(n)] for i in range(len(prompts))]
+    for k, i in enumerate(rest):
+        scores[i] = [flat[k * n + j][0] for j in range(n)]
+    return scores
+
+
+def split_prompt(row: Sequence[Encoded]) -> tuple[list[int], list[list[int]]] | None:
+    """(prompt ids, each label's completion ids) when every label's sequence starts with the same prompt tokens
+    and the labelled tokens are exactly what follows them; else None."""
+    parts = []
+    for enc in row:
+        start = next((t for t, label in enumerate(enc.labels) if label != IGNORE), len(enc.labels))
+        if start == 0 or enc.prompt_boundary_merged or enc.labels[start:] != enc.input_ids[start:]:
+            return None
+        parts.append((enc.input_ids[:start], enc.input_ids[start:]))
+    prompt = parts[0][0]
+    return (prompt, [c for _, c in parts]) if all(p == prompt for p, _ in parts) else None
+
+
+def shared_prompt_logprobs(model, prompts: Sequence[list[int]], completions: Sequence[list[int]], pad_token_id: int,
+                           batch_size: int) -> list[list[float]]:
+    """results[i][j]: summed log-probability of completions[j] after prompts[i]. The LEFT-padded prompts run once;
+    their last logits score each completion's first token, and its other tokens are read on a copy of the
+    prompts' key/value cache (a forward pass appends to the cache it is given)."""
+    import copy
+
+    import torch
+
+    results: list[list[float]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(prompts[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                mask[row, width - len(prompts[i]):] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), -1)
+            for completion in completions:
+                totals = first[:, completion[0]]
+                if len(completion) > 1:
+                    steps = len(completion) - 1
+                    tokens = torch.tensor(completion).expand(len(chunk), -1)
+                    extended = torch.cat([mask, torch.ones_like(mask[:, :steps])], 1)
+                    logits = model(input_ids=tokens[:, :-1], attention_mask=extended,
+                                   position_ids=positions[:, -1:] + 1 + torch.arange(steps),
+                                   past_key_values=copy.deepcopy(out.past_key_values), use_cache=True).logits.float()
+                    picked = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+                    totals = totals + picked.sum(-1)
+                for row, i in enumerate(chunk):
+                    results[i].append(float(totals[row]))
+    return results
 
 
 def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,

@@ -114,7 +114,8 @@ class DataSection:
     """A list of {role, content} turns per row (jsonl, parquet or hub data)."""
     prompt_template: str | None = None
     """Builds the prompt from the row's columns, e.g. "Review: {text}\\nSentiment:" ({text} is data.text_column).
-    Defaults: classification "{text}\\nLabel:"; alpaca the Stanford Alpaca prompt; prompt_completion the prompt column."""
+    Defaults: classification "{text}\\nLabel:"; alpaca the Stanford Alpaca prompt (with use_chat_template: the
+    instruction, then the input); prompt_completion the prompt column."""
     completion_template: str | None = None
     """Builds the completion from the row's columns (prompt_completion, alpaca), e.g. " {label}"."""
     label_words: dict[str, str] | None = None
@@ -175,10 +176,10 @@ TRAIN_RESERVED = {
 }
 # Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
 # gradient checkpointing; peftkit keeps both opt-in, as on the classification path, so a recipe means the same
-# precision and speed trade-off whatever its task. `packing` is filled from the model's attention implementation.
+# precision and speed trade-off whatever its task. Checkpointing is off through its transformers 5 name
+# (activation_checkpointing) unless the recipe names either spelling; `packing` follows the attention implementation.
 SFT_TRAIN_DEFAULTS: dict[str, Any] = {
     "bf16": False,
-    "gradient_checkpointing": False,
 }
 SFT_TRAIN_RESERVED = {
     "max_length": "use data.max_length (one limit for the data audit and for training)",
@@ -322,18 +323,30 @@ def build_section(cls: type, raw: dict[str, Any], name: str, where: str):
 
 
 def build_train(raw: dict[str, Any], where: str, task: str = "classification") -> dict[str, Any]:
-    """Check train keys against the task's trainer config (TrainingArguments or trl.SFTConfig); fill peftkit's defaults."""
+    """Check train keys against the task's trainer config (TrainingArguments, or trl.SFTConfig for causal-LM
+    tasks) and fill peftkit's defaults."""
     causal = task in CAUSAL_TASKS
     reserved = {**TRAIN_RESERVED, **(SFT_TRAIN_RESERVED if causal else {})}
     fields = training_argument_fields(task)
     for key in raw:
         if key in reserved:
             raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; {reserved[key]}")
+        near_reserved = difflib.get_close_matches(str(key), list(reserved), n=1)
+        if key not in fields and near_reserved:  # max_seq_length -> max_length: say where it lives in one step
+            raise PeftkitError(f"{where}: unknown key 'train.{key}'; {reserved[near_reserved[0]]}")
     reject_unknown(raw, fields, where, "train.")
     values = {**TRAIN_DEFAULTS, **(SFT_TRAIN_DEFAULTS if causal else {})}
+    if causal and "gradient_checkpointing" not in raw and "activation_checkpointing" not in raw:
+        values["activation_checkpointing"] = False
     for key, value in raw.items():
         values[key] = coerce(value, fields[key], f"train.{key}", where)
     return values
+
+
+def checkpointing_enabled(train: dict[str, Any]) -> bool:
+    """Activation (gradient) checkpointing as transformers resolves it: the new name wins, the old is an alias."""
+    new = train.get("activation_checkpointing")
+    return bool(new if new is not None else train.get("gradient_checkpointing"))
 
 
 def training_argument_fields(task: str = "classification") -> dict[str, Any]:

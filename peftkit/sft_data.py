@@ -36,6 +36,9 @@ ALPACA_PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
+# With data.use_chat_template the chat template frames the turns: the user's message is the instruction itself.
+ALPACA_CHAT_PROMPT = "{instruction}\n\n{input}"
+ALPACA_CHAT_PROMPT_NO_INPUT = "{instruction}"
 IGNORE = -100
 
 
@@ -57,19 +60,15 @@ class CausalSplitReport(SplitReport):
     """Examples whose prompt tokens merge with the completion's first token (the completion should start with a
     space or the prompt end on a token boundary); TRL starts the completion where the two tokenizations diverge."""
 
-    @property
-    def dropped(self) -> int:
-        return self.skipped + self.no_loss_dropped
-
 
 @dataclass
 class CausalData:
-    """Examples per split in TRL's dataset format, with what loading and the audit did to them.
+    """Examples per split as columns of TRL's dataset format, with what loading and the audit did to them.
 
-    For generative_classification, ``labels`` holds each split's gold label ids and ``label_names`` the classes.
+    For generative_classification each split also has a "label" column (gold ids, not given to the trainer), and
+    ``label_names`` / ``label_words`` give the classes and their completions.
     """
 
-    format: str
     splits: dict[str, dict[str, list]]
     reports: dict[str, CausalSplitReport]
     label_names: list[str] | None = None
@@ -109,7 +108,7 @@ def load_causal_data(data: DataSection, task: str, seed: int, eval_file: str | N
         reports["train"].rows_used -= n_eval
     subsample(splits, reports, "train", data.max_train_samples, seed)
     subsample(splits, reports, "eval", data.max_eval_samples, seed)
-    return CausalData(format=data.format, splits=splits, reports=reports)
+    return CausalData(splits=splits, reports=reports)
 
 
 def convert_rows(rows: list[dict], source: str, data: DataSection) -> tuple[dict[str, list], CausalSplitReport]:
@@ -178,18 +177,28 @@ def _text_example(row: dict, data: DataSection) -> tuple[dict, str | None]:
 
 def _pair_example(row: dict, data: DataSection) -> tuple[dict, str | None]:
     values = {k: "" if v is None else str(v) for k, v in row.items()}
+    try:
+        prompt, completion = _render_pair(values, data)
+    except KeyError as e:  # a row without a column the first row had (jsonl rows can differ)
+        return {}, f"no column {e.args[0]!r}"
+    if not completion.strip():
+        return {}, "empty completion"
+    return pair(prompt, completion, data.use_chat_template), None
+
+
+def _render_pair(values: dict[str, str], data: DataSection) -> tuple[str, str]:
     if data.format == "alpaca":
-        prompt_template = data.prompt_template or (ALPACA_PROMPT if values.get("input", "").strip()
-                                                   else ALPACA_PROMPT_NO_INPUT)
+        has_input = bool(values.get("input", "").strip())
+        defaults = ((ALPACA_CHAT_PROMPT, ALPACA_CHAT_PROMPT_NO_INPUT) if data.use_chat_template
+                    else (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT))
+        prompt_template = data.prompt_template or defaults[0 if has_input else 1]
         prompt = prompt_template.format_map(values)
         completion = (data.completion_template or "{output}").format_map(values)
     else:
         prompt = data.prompt_template.format_map(values) if data.prompt_template else values[data.prompt_column]
         completion = (data.completion_template.format_map(values) if data.completion_template
                       else values[data.completion_column])
-    if not completion.strip():
-        return {}, "empty completion"
-    return pair(prompt, completion, data.use_chat_template), None
+    return prompt, completion
 
 
 def pair(prompt: str, completion: str, chat: bool) -> dict[str, Any]:
@@ -215,7 +224,7 @@ def _messages_example(row: dict, data: DataSection) -> tuple[dict, str | None]:
     if not isinstance(messages, list) or not messages:
         return {}, "messages is empty or not a list"
     for turn in messages:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+        if not (isinstance(turn, dict) and isinstance(turn.get("role"), str) and isinstance(turn.get("content"), str)):
             return {}, "each turn needs a 'role' and a string 'content'"
     return {"messages": [{"role": t["role"], "content": t["content"]} for t in messages]}, None
 
@@ -236,7 +245,7 @@ def load_generative_classification(data: DataSection, seed: int, eval_file: str 
     for name, split in loaded.splits.items():
         splits[name] = {"text": list(split["text"]), "label": list(split["label"])}
         reports[name] = CausalSplitReport(**asdict(loaded.reports[name]))
-    return CausalData(format="classification", splits=splits, reports=reports,
+    return CausalData(splits=splits, reports=reports,
                       label_names=loaded.label_names, label_words=label_words)
 
 
@@ -384,10 +393,10 @@ def encoder_for(recipe: Recipe, tokenizer) -> Encoder:
     assistant_only = bool(t.get("assistant_only_loss"))
     needs_chat = recipe.data.format == "messages" or recipe.data.use_chat_template
     if needs_chat and not tokenizer.chat_template:
-        raise PeftkitError(f"model {recipe.model.name_or_path!r} has no chat template, which data.format "
-                           f"{recipe.data.format}{' with data.use_chat_template' if recipe.data.use_chat_template else ''} "
-                           "needs; set train.chat_template_path to a .jinja template, or use prompt_completion "
-                           "data without data.use_chat_template")
+        asked = "data.use_chat_template" if recipe.data.use_chat_template else "data.format messages"
+        raise PeftkitError(f"model {recipe.model.name_or_path!r} has no chat template, which {asked} needs; set "
+                           "train.chat_template_path to a .jinja template, or use prompt_completion data without "
+                           "data.use_chat_template")
     return Encoder(tokenizer, completion_only_loss=t.get("completion_only_loss"),
                    assistant_only_loss=assistant_only,
                    chat_template=training_chat_template(tokenizer, recipe) if assistant_only else None)

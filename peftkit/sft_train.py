@@ -13,8 +13,9 @@ from peftkit.generative import evaluate_causal, write_causal_metrics
 from peftkit.io import write_json_atomic
 from peftkit.model import load_causal_lm, load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
-from peftkit.recipe import Recipe
-from peftkit.runfolder import ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir, save_run_files
+from peftkit.recipe import Recipe, checkpointing_enabled
+from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir,
+                               save_run_files)
 from peftkit.sft_data import (CausalData, Encoder, format_causal_report, load_causal_data, prepare_examples,
                               truncation_length)
 from peftkit.train import latest_checkpoint, save_adapter, say, summary
@@ -39,7 +40,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     say(format_causal_report(causal, truncation_length(recipe)))
     # ---- model -------------------------------------------------------------------------------
     model = load_causal_lm(recipe.model, recipe.quantization, tokenizer, source)
-    model = prepare_for_training(model, recipe.quantization, bool(recipe.train.get("gradient_checkpointing")))
+    model = prepare_for_training(model, recipe.quantization, checkpointing_enabled(recipe.train))
     # ---- adapter -----------------------------------------------------------------------------
     set_seed(recipe.seed)
     model = attach_adapter(model, recipe.adapter, task_type="CAUSAL_LM")
