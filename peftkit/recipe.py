@@ -130,7 +130,8 @@ class DataSection:
     """For csv/tsv files. False: give column_names."""
     column_names: list[str] | None = None
     max_length: int = 128
-    """Tokens per example; longer examples are truncated (and counted)."""
+    """Tokens per example; longer examples are truncated (and counted). Causal-LM tasks: also the length of a
+    packed row (trl.SFTConfig's max_length)."""
     max_train_samples: int | None = None
     """Use a seeded random subset of this size (fast experiments)."""
     max_eval_samples: int | None = None

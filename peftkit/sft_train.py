@@ -59,7 +59,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         write_json_atomic(run_dir / DATA_REPORT_FILE, causal.report_dict())
     # ---- train -------------------------------------------------------------------------------
     result = trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir) if resume else None)
-    say(counter.describe(recipe.train.get("gradient_accumulation_steps", 1) * trainer.args.world_size))
+    say(counter.describe(trainer.args.gradient_accumulation_steps * trainer.args.world_size))
     # ---- save the adapter and tokenizer, atomically ------------------------------------------
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
@@ -167,7 +167,8 @@ def batching_plan(trainer, recipe: Recipe) -> str:
 class TokenCounter:
     """Wraps the trainer's collator to measure what each batch really holds: tokens and padding.
 
-    Counted in the main process (dataloader_num_workers > 0 collates in workers, and nothing is counted).
+    Counts every batch this process collates: training batches, and evaluation batches when the recipe evaluates
+    during training. With dataloader_num_workers > 0 the workers collate, and nothing is counted.
     """
 
     collator: Any

@@ -98,8 +98,9 @@ def sft_data_files(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m peftkit ARGS` in a subprocess, as a user runs it."""
+    """`python -m peftkit ARGS` in a subprocess, as a user runs it. One OpenMP thread: on a shared CPU with more
+    busy processes than cores, two threads spin-wait on each other (forward passes measured 3-5x slower)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "2"}
+           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "peftkit", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)

@@ -136,3 +136,14 @@ def test_truncation_that_drops_most_examples_stops_before_the_model_loads(tmp_pa
     captured = capsys.readouterr()
     assert "no token to learn from" in captured.err and "data.max_length" in captured.err
     assert "trainable parameters" not in captured.out  # stopped before the model was loaded
+
+
+def test_validate_audits_a_causal_recipe_with_the_tokenizer_only(monkeypatch, capsys):
+    from peftkit.cli import main
+    from tests.sft_fixtures import REPO
+
+    monkeypatch.chdir(REPO)
+    assert main(["validate", "recipes/sst2/smollm2_lora_gen.yaml", "data.max_train_samples=50"]) == 0
+    out = capsys.readouterr().out
+    assert "task: generative_classification" in out and "train: 50 examples used" in out
+    assert "eval: 872 examples used" in out and "tokens" in out
