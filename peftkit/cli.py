@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
     evaluate.add_argument("--data", metavar="FILE", help="evaluate on this file instead (same columns as the recipe)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from peftkit.push import add_push_parser
+
+    add_push_parser(sub)
     return parser
 
 
