@@ -75,11 +75,16 @@ def test_bad_recipe_gets_one_clear_error(case_id, recipe, expected, tmp_path, ca
     path = tmp_path / "recipe.yaml"
     path.write_text(recipe if isinstance(recipe, str) else yaml.safe_dump(recipe), encoding="utf-8")
     assert main(["validate", str(path)]) == 2
-    err = capsys.readouterr().err
+    err = without_import_noise(capsys.readouterr().err)
     assert err.startswith("peftkit: error: ")
     assert expected in err
     assert "Traceback" not in err
     assert err.count("\n") == 1, err
+
+
+def without_import_noise(err: str) -> str:
+    """bitsandbytes prints one harmless line at its first import (STACK-NOTES); it is not ours."""
+    return "".join(line for line in err.splitlines(keepends=True) if "gemm_4bit_forward" not in line)
 
 
 def test_labels_outside_the_set_are_rejected_when_asked(tmp_path, capsys):
