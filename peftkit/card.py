@@ -56,7 +56,7 @@ class RunRecord:
         return self.recipe.get(name) or {}
 
 
-def load_run(run_dir: str | Path) -> RunRecord:
+def load_run_record(run_dir: str | Path) -> RunRecord:
     """Read a run folder, failing with one message that names every missing or unreadable file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -171,7 +171,7 @@ def build_model_card(
     `base_model_id` overrides the base hub id found in the run folder (same rule as `peftkit push`).
     The card is built by parsing its own text, so what is returned is exactly what the hub will read.
     """
-    run = load_run(run_dir)
+    run = load_run_record(run_dir)
     base_id, _ = resolve_base_hub_id(run, base_model_id)
     data = _card_data(run, merged=merged, repo_id=repo_id, base_id=base_id)
     body = _body(run, merged=merged, repo_id=repo_id, base_id=base_id)

@@ -7,7 +7,7 @@ import os
 import sys
 
 from peftkit import __version__
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, RunStopped
 
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeftkitError as e:
         print(f"peftkit: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"peftkit: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
         return 130
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(train, optional=True)
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in the run folder")
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     train.set_defaults(func=cmd_train)
 
     validate = sub.add_parser("validate", help="check a recipe (keys, types, files, columns) without training",
@@ -57,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
     evaluate.add_argument("--data", metavar="FILE", help="evaluate on this file instead (same columns as the recipe)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from peftkit.push import add_push_parser
+
+    add_push_parser(sub)
 
     generate = sub.add_parser("generate", help="print a causal-LM run's answer to a prompt",
                               description="Answer PROMPT with the base model + trained adapter of RUN_DIR (task sft "

@@ -92,13 +92,14 @@ def load_classifier(model: ModelSection, quant: QuantizationSection, labels: lis
     return net
 
 
-def load_causal_lm(model: ModelSection, quant: QuantizationSection, tokenizer, source: str | None = None):
+def load_causal_lm(model: ModelSection, quant: QuantizationSection, tokenizer, source: str | None = None,
+                   quant_storage=None):
     """AutoModelForCausalLM (its own LM head: nothing new to train but the adapter), pad token set on the model."""
     from transformers import AutoModelForCausalLM
 
     from peftkit.quantize import bnb_config, disable_cpu_weight_repacking, resolve_dtype
 
-    qconfig = bnb_config(quant)
+    qconfig = bnb_config(quant, quant_storage)
     kwargs = dict(dtype=resolve_dtype(model.dtype), pad_token_id=tokenizer.pad_token_id)
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation

@@ -22,7 +22,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from peftkit import __version__
-from peftkit.card import build_model_card, load_run, looks_like_hub_id, public_recipe, resolve_base_hub_id
+from peftkit.card import build_model_card, load_run_record, looks_like_hub_id, public_recipe, resolve_base_hub_id
 from peftkit.errors import PeftkitError
 
 STAGING_DIRNAME = "push_staging"
@@ -84,7 +84,7 @@ def push_run(
     """
     run_dir = Path(run_dir)
     _validate_repo_id(repo_id)
-    run = load_run(run_dir)
+    run = load_run_record(run_dir)
     source_dir = _source_dir(run_dir, merged=merged)
     base_id, base_source = resolve_base_hub_id(run, base_model_id)
     staging = _stage(run_dir, source_dir, merged=merged, repo_id=repo_id, base_id=base_id)

@@ -149,6 +149,16 @@ class EvaluateSection:
     enabled: bool = True
 
 
+@dataclass
+class SafetySection:
+    """What a run does when training goes numerically wrong."""
+
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """stop: raise, naming the step (weights untouched). skip: drop the batch, count and report it."""
+    max_skipped_batches: int = 10
+    """With skip: stop anyway after this many bad batches (something is systematically wrong)."""
+
+
 # Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
@@ -171,9 +181,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 # Set by peftkit itself; a recipe cannot change them. Key -> where the setting lives instead.
 TRAIN_RESERVED = {
     "output_dir": "use the top-level output_dir instead",
-    "logging_dir": "logs go to <output_dir>/logs",
-    "remove_unused_columns": "peftkit builds the columns the trainer needs",
-    "label_names": "use data.label_names",
+    "logging_dir": "logs go to OUTPUT_DIR/logs",
+    "remove_unused_columns": "peftkit prepares the columns itself",
+    "label_names": "labels come from data.label_names",
+    "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
 }
 # Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
 # gradient checkpointing; peftkit keeps both opt-in, as on the classification path, so a recipe means the same
@@ -204,6 +215,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    safety: SafetySection = field(default_factory=SafetySection)
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -224,6 +236,7 @@ SECTIONS = {
     "adapter": AdapterSection,
     "data": DataSection,
     "evaluate": EvaluateSection,
+    "safety": SafetySection,
 }
 TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
 
@@ -522,6 +535,8 @@ def validate(recipe: Recipe) -> None:
             fail("'data.label_names' needs at least two classes")
         if len(set(d.label_names)) != len(d.label_names):
             fail("'data.label_names' has duplicates")
+    if recipe.safety.max_skipped_batches < 0:
+        fail("'safety.max_skipped_batches' must be 0 or more")
     if recipe.evaluate.batch_size <= 0:
         fail("'evaluate.batch_size' must be positive")
     if recipe.task in CAUSAL_TASKS:

@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.adapters import attach_adapter, parameter_counts
+from peftkit.distributed import adjust_training_args_for_launch, check_launch
 from peftkit.errors import PeftkitError
 from peftkit.generative import evaluate_causal, write_causal_metrics
+from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded
 from peftkit.io import write_json_atomic
 from peftkit.model import load_causal_lm, load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir,
-                               save_run_files)
+                               resume_point, save_run_files)
 from peftkit.sft_data import (CausalData, Encoder, format_causal_report, load_causal_data, prepare_examples,
                               truncation_length)
-from peftkit.train import latest_checkpoint, save_adapter, say, summary
+from peftkit.train import quant_storage_for, save_adapter, say, summary, train_until_done_or_signalled
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
@@ -28,18 +30,22 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
-    # ---- cheap checks, then the run folder ---------------------------------------------------
+    # ---- cheap checks first: model source, data, and the audit of what truncation leaves to learn
     resolve_model_source(recipe.model)
-    run_dir = prepare_run_dir(recipe)
-    # ---- data: read and checked before any model is loaded -----------------------------------
     causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
-    # ---- tokenizer; the audit: what truncation to max_length leaves to learn, as TRL will see it
     source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
-    encoder = prepare_examples(recipe, tokenizer, causal)
+    encoder = prepare_examples(recipe, tokenizer, causal)  # tokenizes as TRL will; stops if most is dropped
     say(format_causal_report(causal, truncation_length(recipe)))
+    # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
+    run_dir = prepare_run_dir(recipe)
+    checkpoint = resume_point(run_dir, resume, recipe.source)
+    # ---- launch: SFTConfig, and a check that N processes really make one run -----------------
+    args = sft_arguments(recipe, run_dir)
+    check_launch(args)
     # ---- model -------------------------------------------------------------------------------
-    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer, source)
+    model = load_causal_lm(recipe.model, recipe.quantization, tokenizer, source,
+                           quant_storage=quant_storage_for(recipe))
     model = prepare_for_training(model, recipe.quantization, checkpointing_enabled(recipe.train))
     # ---- adapter -----------------------------------------------------------------------------
     set_seed(recipe.seed)
@@ -47,19 +53,19 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     trainable, total = parameter_counts(model)
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     # ---- packing: padding-free batches must keep sequences apart on this very model ----------
-    if recipe.train.get("packing"):
+    if args.packing:
         check_packing_exact(model, tokenizer, encoder, causal, recipe)
     # ---- trainer -----------------------------------------------------------------------------
-    trainer = build_sft_trainer(recipe, run_dir, model, tokenizer, causal)
+    trainer = build_sft_trainer(recipe, args, model, tokenizer, causal)
     counter = TokenCounter(trainer.data_collator)
     trainer.data_collator = counter
     say(batching_plan(trainer, recipe))
     if trainer.is_world_process_zero():
         save_run_files(run_dir, recipe, causal.label_names)
         write_json_atomic(run_dir / DATA_REPORT_FILE, causal.report_dict())
-    # ---- train -------------------------------------------------------------------------------
-    result = trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir) if resume else None)
-    say(counter.describe(trainer.args.gradient_accumulation_steps * trainer.args.world_size))
+    # ---- train (a signal saves a checkpoint and stops cleanly) --------------------------------
+    result = train_until_done_or_signalled(trainer, checkpoint, recipe)
+    say(counter.describe(args.gradient_accumulation_steps * args.world_size))
     # ---- save the adapter and tokenizer, atomically ------------------------------------------
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
@@ -70,29 +76,41 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             metrics = evaluate_causal(recipe, trainer.model, encoder, causal)
             say(write_causal_metrics(run_dir, metrics))
         facts = summary(recipe, result, trainable, total, started, causal)
-        facts.update(counter.summary(), packing=bool(recipe.train.get("packing")))
+        facts |= counter.summary() | {"packing": args.packing, "skipped_nonfinite_batches": trainer.skipped_batches}
         write_json_atomic(run_dir / SUMMARY_FILE, facts)
         say(f"run folder: {run_dir}")
     return metrics
 
 
-def build_sft_trainer(recipe: Recipe, run_dir: Path, model, tokenizer, causal: CausalData):
-    """SFTTrainer on the audited examples; the recipe's train section is the SFTConfig, max_length from data."""
+def sft_arguments(recipe: Recipe, run_dir: Path):
+    """The recipe's train section as trl.SFTConfig (max_length from data), adjusted for how the run was launched."""
     import os
 
-    import datasets
-    from trl import SFTConfig, SFTTrainer
+    import torch
+    from trl import SFTConfig
 
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / LOG_DIR))
-    args = SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=recipe.data.max_length, **recipe.train)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
+    kwargs = adjust_training_args_for_launch(recipe.train, torch.cuda.is_available())
+    return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=recipe.data.max_length, **kwargs)
+
+
+def build_sft_trainer(recipe: Recipe, args, model, tokenizer, causal: CausalData):
+    """SFTTrainer (with peftkit's run guards) on the audited examples."""
+    import datasets
+    from trl import SFTTrainer
+
     eval_during_training = args.eval_strategy != "no"
-    return SFTTrainer(
+    trainer = guarded(SFTTrainer)(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
         eval_dataset=datasets.Dataset.from_list(causal.examples("eval")) if eval_during_training else None,
         processing_class=tokenizer,
+        callbacks=[MarkCompleteCheckpoints(), StopOnSignal()],
     )
+    trainer.nonfinite_policy = recipe.safety.on_nonfinite_loss
+    trainer.max_skipped_batches = recipe.safety.max_skipped_batches
+    return trainer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,12 +170,11 @@ def check_packing_exact(model, tokenizer, encoder: Encoder, causal: CausalData, 
 def batching_plan(trainer, recipe: Recipe) -> str:
     """How the prepared training set will be batched, from TRL's prepared dataset."""
     ds = trainer.train_dataset
-    t = recipe.train
-    if t.get("packing"):
+    if trainer.args.packing:
         lengths = [len(ids) for ids in ds["input_ids"]]
         examples = sum(len(s) for s in ds["seq_lengths"]) if "seq_lengths" in ds.column_names else len(lengths)
         fill = sum(lengths) / (len(lengths) * recipe.data.max_length)
-        return (f"packing ({t.get('packing_strategy', 'bfd')}): {examples:,} examples -> {len(lengths):,} rows of "
+        return (f"packing ({trainer.args.packing_strategy}): {examples:,} examples -> {len(lengths):,} rows of "
                 f"<= {recipe.data.max_length} tokens ({fill:.0%} full); padding-free batches of "
                 f"{trainer.args.per_device_train_batch_size} rows")
     return f"no packing: {len(ds):,} examples in padded batches of {trainer.args.per_device_train_batch_size}"

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from peftkit.errors import PeftkitError
-from peftkit.recipe import load_recipe, recipe_from_dict, validate
-
-REPO = Path(__file__).resolve().parents[2]
+from peftkit.recipe import recipe_from_dict, validate
 
 
 def build(task: str = "sft", fmt: str = "prompt_completion", train: dict | None = None, model: dict | None = None,
@@ -84,16 +80,3 @@ def test_causal_keys_are_rejected_on_the_classification_task():
     with pytest.raises(PeftkitError, match="'data.prompt_template' is for causal-LM tasks"):
         validate(recipe_from_dict({"model": {"name_or_path": "x"},
                                    "data": {"train_file": "t.tsv", "prompt_template": "{text}"}}))
-
-
-RECIPES = sorted((REPO / "recipes").glob("**/*.yaml"))
-CAUSAL_RECIPES = [p for p in RECIPES if "sft" in p.parts or p.stem.endswith("_gen")]
-
-
-@pytest.mark.parametrize("path", CAUSAL_RECIPES, ids=[str(p.relative_to(REPO)) for p in CAUSAL_RECIPES])
-def test_causal_recipes_load_and_open_with_their_launch_command(path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    recipe = load_recipe(path)
-    first = path.read_text(encoding="utf-8").splitlines()[0]
-    assert first == f"# peftkit train {path.relative_to(REPO)}"
-    assert recipe.task in ("sft", "generative_classification")
