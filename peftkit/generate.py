@@ -28,6 +28,7 @@ def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 128, raw: b
     else:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)["input_ids"]
+    ids = ids.to(next(model.parameters()).device)
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id)

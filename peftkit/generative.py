@@ -123,6 +123,7 @@ def shared_prompt_logprobs(model, prompts: Sequence[list[int]], completions: Seq
 
     results: list[list[float]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
@@ -133,16 +134,17 @@ def shared_prompt_logprobs(model, prompts: Sequence[list[int]], completions: Seq
                 ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                 mask[row, width - len(prompts[i]):] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids, mask, positions = ids.to(device), mask.to(device), positions.to(device)
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1].float(), -1)
             for completion in completions:
                 totals = first[:, completion[0]]
                 if len(completion) > 1:
                     steps = len(completion) - 1
-                    tokens = torch.tensor(completion).expand(len(chunk), -1)
+                    tokens = torch.tensor(completion, device=device).expand(len(chunk), -1)
                     extended = torch.cat([mask, torch.ones_like(mask[:, :steps])], 1)
                     logits = model(input_ids=tokens[:, :-1], attention_mask=extended,
-                                   position_ids=positions[:, -1:] + 1 + torch.arange(steps),
+                                   position_ids=positions[:, -1:] + 1 + torch.arange(steps, device=device),
                                    past_key_values=copy.deepcopy(out.past_key_values), use_cache=True).logits.float()
                     picked = torch.log_softmax(logits, -1).gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
                     totals = totals + picked.sum(-1)

@@ -132,11 +132,13 @@ def packing_gap(model, first: list[int], second: list[int], pad_token_id: int) -
     collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=True)
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        alone = [torch.log_softmax(model(input_ids=torch.tensor([ids]), use_cache=False).logits.float(), -1)[0]
-                 for ids in (first, second)]
+        alone = [torch.log_softmax(model(input_ids=torch.tensor([ids], device=device), use_cache=False
+                                         ).logits.float(), -1)[0] for ids in (first, second)]
         batch = collate([{"input_ids": first}, {"input_ids": second}])
         batch.pop("labels")
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         packed = torch.log_softmax(model(**batch, use_cache=False).logits.float(), -1)[0]
     model.train(was_training)
     return float((packed - torch.cat(alone)).abs().max())

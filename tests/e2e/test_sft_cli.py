@@ -147,3 +147,16 @@ def test_validate_audits_a_causal_recipe_with_the_tokenizer_only(monkeypatch, ca
     out = capsys.readouterr().out
     assert "task: generative_classification" in out and "train: 50 examples used" in out
     assert "eval: 872 examples used" in out and "tokens" in out
+
+
+@pytest.mark.slow
+def test_real_smollm2_learns_sst2_as_a_next_word(tmp_path):
+    """SmolLM2-135M, 160 SST-2 sentences (7 steps), scored on 100 dev sentences: measured 0.77 accuracy."""
+    from tests.sft_fixtures import REPO
+
+    result = run_cli("train", "recipes/sst2/smollm2_lora_gen.yaml", f"output_dir={tmp_path / 'run'}",
+                     "data.max_train_samples=160", "data.max_eval_samples=100", "train.disable_tqdm=true",
+                     cwd=REPO, timeout=3600)
+    assert_ok(result)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 100 and metrics["accuracy"] >= 0.7
