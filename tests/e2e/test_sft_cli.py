@@ -160,3 +160,19 @@ def test_real_smollm2_learns_sst2_as_a_next_word(tmp_path):
     assert_ok(result)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["num_examples"] == 100 and metrics["accuracy"] >= 0.7
+
+
+def test_qlora_with_gradient_checkpointing_trains_and_scores(tmp_path, tiny_causal_dir, capsys):
+    """4-bit base (k-bit preparation, CPU weight repacking off), activation checkpointing, label scoring."""
+    from peftkit.cli import main
+
+    dev = str(SHARED_DATA / "sst2" / "dev.tsv")
+    recipe = write_recipe(tmp_path / "recipe.yaml", tiny_causal_dir, "generative_classification",
+                          {"train_file": dev, "eval_file": dev, "text_column": "sentence",
+                           "label_names": ["negative", "positive"], "max_length": 32},
+                          {"gradient_checkpointing": True}, quantization={"load_in_4bit": True})
+    assert main(["train", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "(allowed 0.05)" in out  # the float32 model's packing check allows 4-bit rounding: it is quantized
+    assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["global_step"] == 2
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_examples"] == 8
