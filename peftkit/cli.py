@@ -7,7 +7,7 @@ import os
 import sys
 
 from peftkit import __version__
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, RunStopped
 
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeftkitError as e:
         print(f"peftkit: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"peftkit: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
         return 130
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(train, optional=True)
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in the run folder")
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # the deepspeed launcher adds it
     train.set_defaults(func=cmd_train)
 
     validate = sub.add_parser("validate", help="check a recipe (keys, types, files, columns) without training",
@@ -76,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--max-accuracy-drop", metavar="X", type=float,
                        help="fail if accuracy drops more than this fraction (default merge.max_accuracy_drop, 0.005)")
     merge.set_defaults(func=cmd_merge)
+
+    from peftkit.push import add_push_parser
+
+    add_push_parser(sub)
     return parser
 
 

@@ -122,8 +122,14 @@ class EvaluateSection:
     enabled: bool = True
 
 
-MERGE_DTYPES = ("float32", "bfloat16", "float16")
-MERGE_BASES = ("auto", "original", "dequantized")
+@dataclass
+class SafetySection:
+    """What a run does when training goes numerically wrong."""
+
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """stop: raise, naming the step (weights untouched). skip: drop the batch, count and report it."""
+    max_skipped_batches: int = 10
+    """With skip: stop anyway after this many bad batches (something is systematically wrong)."""
 
 
 @dataclass
@@ -165,7 +171,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dataloader_num_workers": 0,
 }
 # Set by peftkit itself; a recipe cannot change them.
-TRAIN_RESERVED = ("output_dir", "logging_dir", "remove_unused_columns", "label_names")
+TRAIN_RESERVED = {
+    "output_dir": "use the top-level output_dir instead",
+    "logging_dir": "logs go to OUTPUT_DIR/logs",
+    "remove_unused_columns": "peftkit prepares the columns itself",
+    "label_names": "labels come from data.label_names",
+    "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
+}
 
 
 @dataclass
@@ -180,6 +192,7 @@ class Recipe:
     data: DataSection = field(default_factory=DataSection)
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    safety: SafetySection = field(default_factory=SafetySection)
     merge: MergeSection = field(default_factory=MergeSection)
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
@@ -201,6 +214,7 @@ SECTIONS = {
     "adapter": AdapterSection,
     "data": DataSection,
     "evaluate": EvaluateSection,
+    "safety": SafetySection,
     "merge": MergeSection,
 }
 TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
@@ -304,7 +318,7 @@ def build_train(raw: dict[str, Any], where: str) -> dict[str, Any]:
     fields = training_argument_fields()
     for key in raw:
         if key in TRAIN_RESERVED:
-            raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; use the top-level output_dir instead")
+            raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; {TRAIN_RESERVED[key]}")
     reject_unknown(raw, fields, where, "train.")
     values = dict(TRAIN_DEFAULTS)
     for key, value in raw.items():
@@ -478,6 +492,8 @@ def validate(recipe: Recipe) -> None:
             fail("'data.label_names' needs at least two classes")
         if len(set(d.label_names)) != len(d.label_names):
             fail("'data.label_names' has duplicates")
+    if recipe.safety.max_skipped_batches < 0:
+        fail("'safety.max_skipped_batches' must be 0 or more")
     if recipe.evaluate.batch_size <= 0:
         fail("'evaluate.batch_size' must be positive")
 

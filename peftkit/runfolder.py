@@ -40,14 +40,32 @@ def prepare_run_dir(recipe: Recipe) -> Path:
     elif run_dir.exists() and any(run_dir.iterdir()) and not existing.is_file() and not recipe.overwrite_output_dir:
         raise PeftkitError(f"output_dir {run_dir} exists and is not a peftkit run folder; choose another "
                            "output_dir or set overwrite_output_dir: true")
+    if recipe.overwrite_output_dir and existing.is_file() and int(os.environ.get("RANK", 0)) == 0:
+        remove_run_artifacts(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".peftkit-write-test"
+        probe = run_dir / f".peftkit-write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
         raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
     return run_dir
+
+
+RUN_ARTIFACTS = (RECIPE_FILE, LABEL_MAP_FILE, ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, SUMMARY_FILE, DATA_REPORT_FILE,
+                 "metrics.json", "eval_report.txt", "confusion_matrix.png", "merged", "merge_report.json")
+
+
+def remove_run_artifacts(run_dir: Path) -> None:
+    """Remove what peftkit wrote (and only that), so an overwritten run never mixes with the old one."""
+    import shutil
+
+    for name in RUN_ARTIFACTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
@@ -91,3 +109,46 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
 def label_names_of(run_dir: Path) -> list[str]:
     mapping = json.loads((run_dir / LABEL_MAP_FILE).read_text(encoding="utf-8"))["id2label"]
     return [mapping[str(i)] for i in range(len(mapping))]
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-N folders that were fully written (they carry the marker), oldest first."""
+    from peftkit.guards import COMPLETE_MARKER
+
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
+    return sorted((p for p in found if (p / COMPLETE_MARKER).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    from peftkit.guards import COMPLETE_MARKER
+
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    return [p for p in folder.glob("checkpoint-*") if not (p / COMPLETE_MARKER).is_file()] if folder.is_dir() else []
+
+
+def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str | None:
+    """The checkpoint to resume from, or None to start fresh. Never silently restarts over checkpoints.
+
+    A checkpoint folder without the completion marker is what a kill during a save leaves behind:
+    it is removed (on the main process) and the previous complete checkpoint is used.
+    """
+    import shutil
+
+    checkpoints = complete_checkpoints(run_dir)
+    if not resume:
+        if checkpoints:
+            raise PeftkitError(
+                f"{run_dir} already has checkpoints (latest: {checkpoints[-1].name}). Continue that run with "
+                f"`peftkit train {recipe_source or 'RECIPE'} --resume`, or set overwrite_output_dir: true to start over")
+        return None
+    if int(os.environ.get("RANK", 0)) == 0:
+        for broken in incomplete_checkpoints(run_dir):
+            print(f"peftkit: removing incomplete checkpoint {broken} (interrupted while saving)", flush=True)
+            shutil.rmtree(broken, ignore_errors=True)
+    if not checkpoints:
+        print(f"peftkit: --resume: no complete checkpoint in {run_dir / CHECKPOINT_DIR}; starting from step 0",
+              flush=True)
+        return None
+    print(f"peftkit: resuming from {checkpoints[-1]}", flush=True)
+    return str(checkpoints[-1])

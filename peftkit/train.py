@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,17 @@ from typing import Any
 from peftkit import __version__
 from peftkit.adapters import attach_adapter, parameter_counts
 from peftkit.data import format_report, load_classification_data, tokenize_split
+from peftkit.distributed import (adjust_training_args_for_launch, check_launch, disable_token_count_loss_scaling,
+                                 quant_storage_dtype_for_launch)
+from peftkit.errors import RunStopped
 from peftkit.evaluate import format_metrics, write_metrics, classification_metrics
+from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded
 from peftkit.io import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.model import load_classifier, load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
-                               prepare_run_dir, save_run_files)
+                               prepare_run_dir, resume_point, save_run_files)
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
@@ -28,15 +33,21 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
-    # ---- cheap checks, then the run folder ---------------------------------------------------
+    # ---- cheap checks first: model source and data, before anything is written or loaded -----
     resolve_model_source(recipe.model)
-    run_dir = prepare_run_dir(recipe)
-    # ---- data: read and checked before any model is loaded -----------------------------------
     data = load_classification_data(recipe.data, recipe.seed)
+    # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
+    run_dir = prepare_run_dir(recipe)
+    checkpoint = resume_point(run_dir, resume, recipe.source)
+    # ---- launch: training arguments, and a check that N processes really make one run --------
+    args = training_arguments(recipe, run_dir)
+    check_launch(args)
     # ---- tokenizer and model -----------------------------------------------------------------
     source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
-    model = load_classifier(recipe.model, recipe.quantization, data.label_names, tokenizer, source)
+    model = load_classifier(recipe.model, recipe.quantization, data.label_names, tokenizer, source,
+                            quant_storage=quant_storage_for(recipe))
+    disable_token_count_loss_scaling(model)
     model = prepare_for_training(model, recipe.quantization, bool(recipe.train.get("gradient_checkpointing")))
     # ---- adapter -----------------------------------------------------------------------------
     set_seed(recipe.seed)
@@ -48,12 +59,12 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
     say(format_report(data))
     # ---- trainer -----------------------------------------------------------------------------
-    trainer = build_trainer(recipe, run_dir, model, tokenizer, train_ds, eval_ds)
+    trainer = build_trainer(recipe, args, model, tokenizer, train_ds, eval_ds)
     if trainer.is_world_process_zero():
         save_run_files(run_dir, recipe, data.label_names)
         write_json_atomic(run_dir / DATA_REPORT_FILE, data.report_dict())
-    # ---- train -------------------------------------------------------------------------------
-    result = trainer.train(resume_from_checkpoint=latest_checkpoint(run_dir) if resume else None)
+    # ---- train (a signal saves a checkpoint and stops cleanly) --------------------------------
+    result = train_until_done_or_signalled(trainer, checkpoint, recipe)
     # ---- save the adapter (with the head) and tokenizer, atomically --------------------------
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
@@ -64,32 +75,65 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             metrics["data_file"] = data.reports["eval"].source
             write_metrics(run_dir, metrics)
             say(format_metrics(metrics))
-        write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, data))
+        write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, data)
+                          | {"skipped_nonfinite_batches": trainer.skipped_batches})
         say(f"run folder: {run_dir}")
     return metrics
 
 
-def build_trainer(recipe: Recipe, run_dir: Path, model, tokenizer, train_ds, eval_ds):
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+def training_arguments(recipe: Recipe, run_dir: Path):
+    """The recipe's train section as TrainingArguments, adjusted for how the run was launched."""
+    import torch
+    from transformers import TrainingArguments
 
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / LOG_DIR))
-    args = TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **recipe.train)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
+    kwargs = adjust_training_args_for_launch(recipe.train, torch.cuda.is_available())
+    return TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **kwargs)
+
+
+def quant_storage_for(recipe: Recipe):
+    """FSDP and ZeRO-3 shard 4-bit weights only when they are stored in the compute dtype."""
+    from peftkit.quantize import resolve_dtype
+
+    if not recipe.quantization.load_in_4bit:
+        return None
+    return quant_storage_dtype_for_launch(resolve_dtype(recipe.quantization.bnb_4bit_compute_dtype))
+
+
+def build_trainer(recipe: Recipe, args, model, tokenizer, train_ds, eval_ds):
+    from transformers import DataCollatorWithPadding, Trainer
+
     eval_during_training = args.eval_strategy != "no"
-    return Trainer(
+    trainer = guarded(Trainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds if eval_during_training else None,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
         processing_class=tokenizer,
+        callbacks=[MarkCompleteCheckpoints(), StopOnSignal()],
     )
+    trainer.nonfinite_policy = recipe.safety.on_nonfinite_loss
+    trainer.max_skipped_batches = recipe.safety.max_skipped_batches
+    return trainer
 
 
-def latest_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = run_dir / CHECKPOINT_DIR
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+def train_until_done_or_signalled(trainer, checkpoint: str | None, recipe: Recipe):
+    """trainer.train(), stopping at the end of a step with a saved checkpoint on SIGTERM/SIGINT."""
+    stopper = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, StopOnSignal))
+    stopper.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        stopper.uninstall()
+    if stopper.stopped_at is not None:
+        name = signal.Signals(stopper.received).name if stopper.received else "a signal on another rank"
+        raise RunStopped(f"stopped by {name} at step {stopper.stopped_at}; checkpoint saved in "
+                         f"{trainer.args.output_dir}. Resume with: peftkit train {recipe.source or 'RECIPE'} --resume",
+                         exit_code=128 + (stopper.received or signal.SIGTERM))
+    if getattr(trainer, "skipped_batches", 0):
+        say(f"peftkit: skipped {trainer.skipped_batches} batches with a non-finite loss")
+    return result
 
 
 def save_adapter(model, tokenizer, final_dir: Path) -> None:

@@ -1,0 +1,34 @@
+"""Every shipped recipe (recursively under recipes/, and the built-in quickstart) loads and validates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peftkit.cli import DEFAULT_RECIPE
+from peftkit.recipe import load_recipe
+from tests.conftest import REPO
+
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+QUICKSTART = REPO / "peftkit" / "defaults" / DEFAULT_RECIPE
+HUB_ONLY = "hub"  # recipes whose data or model come from a hub: their files cannot be checked offline
+
+
+def test_recipes_are_found():
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("path", [*RECIPES, QUICKSTART], ids=lambda p: str(p.relative_to(REPO)))
+def test_recipe_loads_validates_and_states_its_command(path: Path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# ") and ("peftkit" in lines[0] or "accelerate launch" in lines[0]), \
+        f"{path} must open with its launch command"
+    recipe = load_recipe(path)
+    if HUB_ONLY in path.stem:
+        return
+    from peftkit.validate import check_recipe_inputs
+
+    summary = check_recipe_inputs(recipe)
+    assert "recipe OK" in summary
