@@ -239,7 +239,11 @@ def load_base(recipe: Recipe, labels: list[str], tokenizer, *, quantized: bool):
 
 
 def load_causal_lm(model, quant: QuantizationSection, tokenizer):
-    """AutoModelForCausalLM for the causal-LM tasks (sft, generative classification)."""
+    """AutoModelForCausalLM for the causal-LM tasks (sft, generative classification).
+
+    The sft branch adds ``peftkit.model.load_causal_lm`` with this signature (and ``load_trained_causal_lm``):
+    once it lands, import that instead of keeping this copy.
+    """
     from transformers import AutoModelForCausalLM
 
     from peftkit.model import _from_pretrained, local_path, quantized_device_map
