@@ -62,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", metavar="FILE", help="evaluate on this file instead (same columns as the recipe)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    merge = sub.add_parser("merge", help="merge a run's adapter into full weights, verified against the adapter model",
+                           description="Merge the adapter in RUN_DIR into full-precision weights and save a plain "
+                                       "transformers model (RUN_DIR/merged). The merged model is checked against "
+                                       "the adapter model on eval rows; a merge that loses more accuracy than "
+                                       "merge.max_accuracy_drop fails and is not put in place. Defaults come from "
+                                       "the recipe's merge section.")
+    merge.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
+    merge.add_argument("--out", metavar="DIR", help="where to write the merged model (default: RUN_DIR/merged)")
+    merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
+                       help="dtype of the saved weights (the merge itself is float32); default merge.dtype")
+    merge.add_argument("--base", choices=("original", "dequantized", "auto"),
+                       help="for 4/8-bit runs: merge into the original weights, the dequantized weights the "
+                            "adapter was trained against, or auto (measure both, keep the closer); default merge.base")
+    merge.add_argument("--verify-samples", metavar="N|all", type=verify_samples_arg,
+                       help="eval rows to verify on (default merge.verify_samples, 256)")
+    merge.add_argument("--max-accuracy-drop", metavar="X", type=float,
+                       help="fail if accuracy drops more than this fraction (default merge.max_accuracy_drop, 0.005)")
+    merge.set_defaults(func=cmd_merge)
+
     from peftkit.push import add_push_parser
 
     add_push_parser(sub)
@@ -76,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
                           help="send PROMPT as plain text, without the chat template (runs trained on plain prompts)")
     generate.set_defaults(func=cmd_generate)
     return parser
+
+
+def verify_samples_arg(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number of rows, or all") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive number of rows, or all")
+    return value
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool) -> None:
@@ -121,6 +152,14 @@ def cmd_evaluate(args) -> int:
     from peftkit.evaluate import evaluate_run
 
     evaluate_run(args.run_dir, args.data)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from peftkit.merge import merge_run
+
+    merge_run(args.run_dir, args.out, dtype=args.dtype, base=args.base, verify_samples=args.verify_samples,
+              max_accuracy_drop=args.max_accuracy_drop)
     return 0
 
 

@@ -74,3 +74,28 @@ def prepare_for_training(model, section: QuantizationSection, gradient_checkpoin
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     disable_cpu_weight_repacking(model)
     return model
+
+
+def quantized_linear_weights(model):
+    """Yield (module name, float32 weight) for every bitsandbytes 4-bit or 8-bit linear layer of ``model``.
+
+    These are the weights the layers really multiply with in the forward pass, so they are what an adapter
+    trained on this base learned against: merging into them (instead of the original full-precision weights)
+    reproduces the trained model. One layer at a time, so peak memory grows by one layer, not one model.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = module.weight
+            yield name, bnb.functional.dequantize_4bit(weight.data, weight.quant_state).to(torch.float32)
+        elif isinstance(module, bnb.nn.Linear8bitLt):
+            weight = module.weight
+            if weight.dtype != torch.int8:  # has_fp16_weights: kept in float, nothing to dequantize
+                yield name, weight.data.to(torch.float32)
+                continue
+            scales = weight.SCB if getattr(weight, "SCB", None) is not None else module.state.SCB
+            if scales is None:
+                raise PeftkitError(f"8-bit layer {name} has no quantization scales (SCB); cannot dequantize it")
+            yield name, bnb.functional.int8_vectorwise_dequant(weight.data, scales).to(torch.float32)

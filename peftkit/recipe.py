@@ -159,6 +159,25 @@ class SafetySection:
     """With skip: stop anyway after this many bad batches (something is systematically wrong)."""
 
 
+@dataclass
+class MergeSection:
+    """``peftkit merge``: which weights the adapter is merged into, how the result is saved and checked."""
+
+    base: Literal["auto", "original", "dequantized"] = "auto"
+    """For adapters trained on a 4/8-bit base: merge into the original full-precision weights, into the
+    dequantized quantized weights the adapter was trained against, or auto: build both, measure each against
+    the adapter model on the verification sample, keep the closer one. Unquantized runs always use original."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the saved merged weights. The merge itself is always done in float32."""
+    verify_samples: int | None = 256
+    """Eval rows (a seeded random subset) on which the merged model is checked against the adapter model;
+    null: the whole eval split."""
+    max_accuracy_drop: float = 0.005
+    """Fail the merge (nothing is written in place) if accuracy on the verification sample drops by more."""
+    max_shard_size: str = "5GB"
+    """Largest safetensors shard of the merged model (integer with GB, MB, KB, GiB, MiB or KiB)."""
+
+
 # Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
@@ -216,6 +235,7 @@ class Recipe:
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     safety: SafetySection = field(default_factory=SafetySection)
+    merge: MergeSection = field(default_factory=MergeSection)
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -237,6 +257,7 @@ SECTIONS = {
     "data": DataSection,
     "evaluate": EvaluateSection,
     "safety": SafetySection,
+    "merge": MergeSection,
 }
 TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
 
@@ -548,6 +569,18 @@ def validate(recipe: Recipe) -> None:
                      f"not task: {recipe.task}")
         if d.format != "classification":
             fail(f"'data.format: {d.format}' needs task: sft; task: {recipe.task} reads classification data")
+
+    mg = recipe.merge
+    if mg.verify_samples is not None and mg.verify_samples <= 0:
+        fail(f"'merge.verify_samples' must be a positive integer or null (the whole eval split), got {mg.verify_samples}")
+    if not 0 <= mg.max_accuracy_drop <= 1:
+        fail(f"'merge.max_accuracy_drop' must be between 0 and 1 (a fraction, 0.005 = half a point), "
+             f"got {mg.max_accuracy_drop}")
+    if not re.fullmatch(r"\d+(GB|MB|KB|GiB|MiB|KiB)", mg.max_shard_size):
+        fail(f"'merge.max_shard_size' must be an integer with a unit, e.g. 5GB or 500MB, got {mg.max_shard_size!r}")
+    if mg.base == "dequantized" and not q.enabled:
+        fail("'merge.base: dequantized' needs a quantized run (quantization.load_in_4bit or load_in_8bit); "
+             "an unquantized run merges into its original weights (base: original or auto)")
 
     for key in ("learning_rate",):
         if float(t.get(key, 1)) <= 0:
