@@ -8,6 +8,7 @@ import sys
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError, RunStopped
+from peftkit.io import storage_error
 
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
@@ -29,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = storage_error(e)
+        if message is None:
+            raise
+        print(f"peftkit: error: {message}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +142,13 @@ def cmd_train(args) -> int:
     recipe = load_recipe(*resolve_recipe_args(args))
     from peftkit.train import run
 
-    run(recipe, resume=args.resume)
+    try:
+        run(recipe, resume=args.resume)
+    except Exception as e:
+        message = storage_error(e, where=recipe.output_dir)
+        if message is None:
+            raise
+        raise PeftkitError(message) from None
     return 0
 
 

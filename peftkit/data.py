@@ -70,6 +70,8 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
     kind = LOCAL_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise PeftkitError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
+    if path.is_dir():
+        raise PeftkitError(f"{path} is a folder, not a data file; give the {kind} file inside it")
     if not path.is_file():
         raise PeftkitError(f"data file not found: {path} (check the path in the recipe's data section; "
                            "relative paths are relative to the folder you run peftkit from)")
@@ -88,7 +90,7 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
 
 def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM (Excel, Notepad) is not part of the header
         # SST-2 and AG News contain bare quotes inside fields: TSV is read without quote processing.
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -107,7 +109,7 @@ def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
 
 
 def _read_jsonl(path: Path, data: DataSection) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         rows = json.loads(text)
     else:

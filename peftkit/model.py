@@ -46,6 +46,61 @@ def check_local_folder(path: Path, model: ModelSection) -> None:
         raise PeftkitError(f"model.name_or_path: {path} has only pickle weights ({', '.join(sorted(weights)[:3])}); "
                            "pickles can run code when loaded. Convert them to safetensors, or set "
                            "model.allow_pickle: true if you trust the files")
+    check_custom_code(path, model)
+
+
+def check_custom_code(path: Path, model: ModelSection) -> None:
+    """A folder whose model type transformers does not know can only load by running its own Python code.
+
+    With ``trust_remote_code: false`` that code is never imported: a built-in model type (llama, bert, ...)
+    loads with transformers' own classes (its ``auto_map`` is ignored); an unknown type is refused here,
+    before anything is written, instead of a ValueError traceback from transformers after the run started.
+    """
+    import json
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model.trust_remote_code:
+        return
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise PeftkitError(f"model.name_or_path: {path}/config.json cannot be read as JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise PeftkitError(f"model.name_or_path: {path}/config.json is not a JSON object")
+    model_type = config.get("model_type")
+    if model_type in CONFIG_MAPPING_NAMES:
+        return
+    code = sorted({str(ref).split(".")[0] + ".py" for ref in _auto_map_refs(config.get("auto_map"))})
+    if code:
+        raise PeftkitError(
+            f"model.name_or_path: {path} needs its own Python code to load ({', '.join(code)}; model type "
+            f"{model_type!r} is not built into transformers). peftkit runs a model folder's code only with "
+            "model.trust_remote_code: true; set it only if you trust that code")
+
+
+def _auto_map_refs(auto_map) -> list[str]:
+    if not isinstance(auto_map, dict):
+        return []
+    refs = []
+    for value in auto_map.values():
+        refs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return [ref.split("--")[-1] for ref in refs]  # "repo--module.Class" points at another repository's code
+
+
+def check_adapter_folder(adapter_dir: Path, model: ModelSection) -> None:
+    """A trained adapter must be safetensors; pickled adapter weights load only with model.allow_pickle: true."""
+    names = {p.name for p in adapter_dir.iterdir()} if adapter_dir.is_dir() else set()
+    if "adapter_model.safetensors" in names:
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not model.allow_pickle:
+        raise PeftkitError(f"{adapter_dir} has only pickle adapter weights ({', '.join(pickles[:3])}); pickles can "
+                           "run code when loaded. Convert them to adapter_model.safetensors, or set "
+                           "model.allow_pickle: true in the run's recipe.yaml if you trust the files")
+    if not pickles:
+        raise PeftkitError(f"{adapter_dir} has no adapter weights (adapter_model.safetensors); did the train run "
+                           "finish?")
 
 
 def local_path(model: ModelSection) -> str:
@@ -129,6 +184,12 @@ def _from_pretrained(cls, source: str, model: ModelSection, **kwargs):
     try:
         return cls.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code,
                                    **safe, **kwargs)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise PeftkitError(f"model.name_or_path {model.name_or_path!r} needs its own Python code to load; peftkit "
+                           "runs it only with model.trust_remote_code: true (set it only if you trust that code)"
+                           ) from None
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeftkitError(f"model.name_or_path {model.name_or_path!r} could not be loaded: {first}. "

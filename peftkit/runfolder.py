@@ -30,6 +30,8 @@ def prepare_run_dir(recipe: Recipe) -> Path:
     """
     run_dir = Path(recipe.output_dir)
     existing = run_dir / RECIPE_FILE
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PeftkitError(f"output_dir {run_dir} is a file, not a folder; choose another output_dir")
     if existing.is_file() and not recipe.overwrite_output_dir:
         previous = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
         if comparable(previous) != comparable(recipe.to_dict()):
@@ -69,9 +71,15 @@ def remove_run_artifacts(run_dir: Path) -> None:
 
 
 def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
-    """Keys that define what a run computes; switches that only steer the launcher are left out."""
+    """Keys that define what a run computes; switches that only steer the launcher are left out.
+
+    output_dir is left out too: it says where the folder is, not what the run computes. A run folder that
+    was moved (or named by a relative path from another directory) is the same run; treating it as a
+    different one made `--resume` refuse it and suggested overwrite_output_dir, which deletes it.
+    """
     out = json.loads(json.dumps(recipe_dict, default=str))
     out.pop("overwrite_output_dir", None)
+    out.pop("output_dir", None)
     return out
 
 
@@ -103,6 +111,9 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
     recipe = recipe_from_dict(raw, where=str(run_dir / RECIPE_FILE))
     recipe.source = str(run_dir / RECIPE_FILE)
     validate(recipe)
+    from peftkit.model import check_adapter_folder
+
+    check_adapter_folder(run_dir / ADAPTER_DIR, recipe.model)
     return run_dir, recipe
 
 
@@ -112,19 +123,39 @@ def label_names_of(run_dir: Path) -> list[str]:
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """checkpoint-N folders that were fully written (they carry the marker), oldest first."""
+    """checkpoint-N folders of a run folder that were fully written (they carry the marker), oldest first."""
+    return complete_checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
+
+
+def checkpoint_folders(folder: Path) -> list[Path]:
+    """checkpoint-N folders in the Trainer's output folder, by step."""
+    folder = Path(folder)
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()] \
+        if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def complete_checkpoints_in(folder: Path) -> list[Path]:
     from peftkit.guards import COMPLETE_MARKER
 
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
-    return sorted((p for p in found if (p / COMPLETE_MARKER).is_file()), key=lambda p: int(p.name.split("-")[-1]))
+    return [p for p in checkpoint_folders(folder) if (p / COMPLETE_MARKER).is_file()]
 
 
 def incomplete_checkpoints(run_dir: Path) -> list[Path]:
     from peftkit.guards import COMPLETE_MARKER
 
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    return [p for p in folder.glob("checkpoint-*") if not (p / COMPLETE_MARKER).is_file()] if folder.is_dir() else []
+    return [p for p in checkpoint_folders(Path(run_dir) / CHECKPOINT_DIR) if not (p / COMPLETE_MARKER).is_file()]
+
+
+def remove_incomplete_checkpoints(run_dir: Path, why: str) -> None:
+    """Remove checkpoint folders without the marker (main process only): what a kill or a failure mid-save left."""
+    import shutil
+
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    for broken in incomplete_checkpoints(run_dir):
+        print(f"peftkit: removing incomplete checkpoint {broken} ({why})", flush=True)
+        shutil.rmtree(broken, ignore_errors=True)
 
 
 def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str | None:
@@ -133,19 +164,14 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     A checkpoint folder without the completion marker is what a kill during a save leaves behind:
     it is removed (on the main process) and the previous complete checkpoint is used.
     """
-    import shutil
-
     checkpoints = complete_checkpoints(run_dir)
+    if not resume and checkpoints:
+        raise PeftkitError(
+            f"{run_dir} already has checkpoints (latest: {checkpoints[-1].name}). Continue that run with "
+            f"`peftkit train {recipe_source or 'RECIPE'} --resume`, or set overwrite_output_dir: true to start over")
+    remove_incomplete_checkpoints(run_dir, "interrupted while saving")
     if not resume:
-        if checkpoints:
-            raise PeftkitError(
-                f"{run_dir} already has checkpoints (latest: {checkpoints[-1].name}). Continue that run with "
-                f"`peftkit train {recipe_source or 'RECIPE'} --resume`, or set overwrite_output_dir: true to start over")
         return None
-    if int(os.environ.get("RANK", 0)) == 0:
-        for broken in incomplete_checkpoints(run_dir):
-            print(f"peftkit: removing incomplete checkpoint {broken} (interrupted while saving)", flush=True)
-            shutil.rmtree(broken, ignore_errors=True)
     if not checkpoints:
         print(f"peftkit: --resume: no complete checkpoint in {run_dir / CHECKPOINT_DIR}; starting from step 0",
               flush=True)

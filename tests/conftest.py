@@ -92,3 +92,20 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     """The real `peftkit` command in a subprocess (what users run)."""
     return subprocess.run([sys.executable, "-m", "peftkit", *args], cwd=cwd or REPO, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_llama_dir, sst2_small, tmp_path_factory) -> tuple[Path, Path]:
+    """(recipe, run folder) of a finished 2-step run, trained in-process with checkpoints, metrics and a private
+    copy of its data files (tests may corrupt them). Copy the folder before changing it."""
+    import shutil
+
+    from peftkit.cli import main
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    data = {name: Path(shutil.copy(path, tmp / path.name)) for name, path in sst2_small.items()}
+    recipe = tiny_recipe(tiny_llama_dir, data, tmp / "run")
+    recipe["train"].update(max_steps=2, save_strategy="steps", save_steps=2)
+    path = write_recipe(tmp / "recipe.yaml", recipe)
+    assert main(["train", str(path)]) == 0
+    return path, tmp / "run"
