@@ -77,9 +77,12 @@ def hold_run_lock(run_dir: Path) -> None:
     restarted job then meets them. A POSIX record lock is released by the kernel when its process dies, so a
     crashed run never leaves a stale lock; the main process (rank 0) holds it for the ranks of its launch.
     """
-    import fcntl
     import struct
 
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        return
     key = str(Path(run_dir).resolve())
     if key in _held_locks:  # the same process again (in-process callers): closing another fd would drop the lock
         return
