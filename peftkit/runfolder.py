@@ -39,11 +39,9 @@ def prepare_run_dir(recipe: Recipe) -> Path:
             raise PeftkitError(
                 f"output_dir {run_dir} already holds a different run (changed: {', '.join(changed[:5])}). "
                 "Choose another output_dir, or set overwrite_output_dir: true to replace it")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not existing.is_file() and not recipe.overwrite_output_dir:
+    elif foreign_files(run_dir) and not existing.is_file() and not recipe.overwrite_output_dir:
         raise PeftkitError(f"output_dir {run_dir} exists and is not a peftkit run folder; choose another "
                            "output_dir or set overwrite_output_dir: true")
-    if recipe.overwrite_output_dir and existing.is_file() and int(os.environ.get("RANK", 0)) == 0:
-        remove_run_artifacts(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".peftkit-write-test-{os.getpid()}"
@@ -51,7 +49,58 @@ def prepare_run_dir(recipe: Recipe) -> Path:
         probe.unlink()
     except OSError as e:
         raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
+    if int(os.environ.get("RANK", 0)) == 0:
+        hold_run_lock(run_dir)
+        if recipe.overwrite_output_dir and existing.is_file():
+            remove_run_artifacts(run_dir)
     return run_dir
+
+
+def foreign_files(run_dir: Path) -> list[Path]:
+    """What is in the folder apart from peftkit's own lock and write probe (which rank 0 of the same launch may
+    have created a moment ago: other ranks must not take them for someone else's files)."""
+    if not run_dir.is_dir():
+        return []
+    return [p for p in run_dir.iterdir() if not p.name.startswith(".peftkit-")]
+
+
+LOCK_FILE = ".peftkit-lock"
+_held_locks: dict[str, int] = {}
+
+
+def hold_run_lock(run_dir: Path) -> None:
+    """Lock the run folder for this process (until it exits), or refuse: one writer per run folder.
+
+    Two trainings writing one folder corrupt it: checkpoints of both interleave, and `--resume` removes the
+    other's half-written checkpoint as "incomplete". It happens more easily than it seems: SIGKILL of an
+    `accelerate launch`/`torchrun` process leaves its ranks running (each rank has a session of its own), and a
+    restarted job then meets them. A POSIX record lock is released by the kernel when its process dies, so a
+    crashed run never leaves a stale lock; the main process (rank 0) holds it for the ranks of its launch.
+    """
+    import struct
+
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        return
+    key = str(Path(run_dir).resolve())
+    if key in _held_locks:  # the same process again (in-process callers): closing another fd would drop the lock
+        return
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        try:
+            query = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)
+            holder = f" (pid {struct.unpack('hhqqi4x', fcntl.fcntl(fd, fcntl.F_GETLK, query))[4]})"
+        except (OSError, struct.error):
+            pass
+        os.close(fd)
+        raise PeftkitError(f"output_dir {run_dir} is in use by another peftkit process{holder}; wait for it to "
+                           "finish or stop it (an `accelerate launch` killed with -9 leaves its ranks running). "
+                           "Two runs writing one folder would corrupt it") from None
+    _held_locks[key] = fd
 
 
 RUN_ARTIFACTS = (RECIPE_FILE, LABEL_MAP_FILE, ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, SUMMARY_FILE, DATA_REPORT_FILE,
@@ -163,6 +212,23 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
 
     A checkpoint folder without the completion marker is what a kill during a save leaves behind:
     it is removed (on the main process) and the previous complete checkpoint is used.
+
+    Why resuming is explicit (``--resume``) and not automatic -- a decision, for the lead:
+
+    * prepare_run_dir proves the resolved recipe is the same, not the data: file paths are compared, file
+      contents are not. Resuming on its own after someone regenerated train.tsv would silently continue a run
+      on other data; ``--resume`` is the user saying "this is the same run".
+    * A rerun without ``--resume`` over checkpoints is usually a mistake or a new experiment. The error names
+      the exact command, comes before the model loads (seconds) and deletes nothing.
+    * ``--resume`` is idempotent, so it is the switch for automation: with no checkpoint it starts at step 0,
+      after a kill it continues from the last complete checkpoint, on a finished run it trains nothing and
+      rewrites the same adapter and metrics (all tested). Job scripts that may be requeued (SLURM --requeue,
+      spot/preemptible VMs, Kubernetes restarts) should always pass it: automatic resume exactly where it is
+      wanted, without making it the default at the terminal.
+
+    What would change this: a data fingerprint in the run folder (size and hash of each data file, checked on
+    resume). With it, resuming automatically would be safe and could become the default, with --restart to
+    opt out.
     """
     checkpoints = complete_checkpoints(run_dir)
     if not resume and checkpoints:

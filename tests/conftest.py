@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -107,5 +108,26 @@ def tiny_run(tiny_llama_dir, sst2_small, tmp_path_factory) -> tuple[Path, Path]:
     recipe = tiny_recipe(tiny_llama_dir, data, tmp / "run")
     recipe["train"].update(max_steps=2, save_strategy="steps", save_steps=2)
     path = write_recipe(tmp / "recipe.yaml", recipe)
-    assert main(["train", str(path)]) == 0
+    with torch_threads(1):
+        assert main(["train", str(path)]) == 0
     return path, tmp / "run"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For in-process training: on this busy 2-core machine, two spinning OpenMP threads made a tiny 6-step run
+    ten times slower than one (measured 26 s -> 2.5 s). Subprocesses get OMP_NUM_THREADS=1 (tests/procs.py)."""
+    with torch_threads(1):
+        yield

@@ -1,6 +1,6 @@
 """Never lose a run under a real 2-process launch (`accelerate launch --config_file accelerate_configs/cpu_2proc.yaml`).
 
-Kill-and-resume: the whole launch (launcher and both ranks) is SIGKILLed once checkpoint-4 is complete, then
+Kill-and-resume: the whole launch (launcher and both ranks) is SIGKILLed once checkpoint-2 is complete, then
 resumed; the result must equal an uninterrupted 2-process run exactly (per-step logs, adapter tensors, metrics).
 Each rank restores its own RNG state (rng_state_{rank}.pth) and skips the same batches of its shard; gloo
 reductions of the same numbers in the same order are deterministic, so no tolerance is needed (measured: exact).
@@ -28,11 +28,16 @@ LAUNCH = "cpu_2proc.yaml"
 
 @pytest.fixture
 def recipe(tiny_llama_dir, sst2_small, tmp_path):
-    # 2 ranks x 2 rows = 4 rows per step, as in the 1-process tests
+    # 2 ranks x 2 rows = 4 rows per step, as in the 1-process tests; 8 steps, a checkpoint every 2 (launches
+    # are the expensive part: three of them here)
     return write_resume_recipe(tmp_path / "recipe.yaml", tiny_llama_dir, sst2_small, tmp_path / "run",
-                               train={"per_device_train_batch_size": 2, "report_to": []})
+                               train={"per_device_train_batch_size": 2, "report_to": [], "max_steps": 8,
+                                      "save_steps": 2})
 
 
+# slow: three 2-process launches take 76-101 s on the shared 2-core machine (load 5-8), past the 90 s the
+# default suite allows; `python -m pytest -m slow tests/distributed/test_resume_launch.py` runs it.
+@pytest.mark.slow
 def test_kill_9_of_a_two_process_launch_then_resume_matches_an_uninterrupted_launch(recipe, tmp_path):
     reference_recipe = tmp_path / "reference.yaml"
     reference_recipe.write_text(recipe.read_text().replace(str(tmp_path / "run"), str(tmp_path / "reference")))
@@ -40,15 +45,15 @@ def test_kill_9_of_a_two_process_launch_then_resume_matches_an_uninterrupted_lau
 
     run_dir = tmp_path / "run"
     killed = start(["train", str(recipe)], tmp_path, "killed", launch=LAUNCH)
-    killed.wait_for(marker(run_dir, 4).is_file, "checkpoint-4 to be complete")
+    killed.wait_for(marker(run_dir, 2).is_file, "checkpoint-2 to be complete")
     killed.kill_all()
     done = complete_steps(run_dir)
-    assert done and done[-1] < 12, done
+    assert done and done[-1] < 8, done
     assert (run_dir / "checkpoints" / f"checkpoint-{done[-1]}" / "rng_state_1.pth").is_file()
 
     resumed = run_to_end(["train", str(recipe), "--resume"], tmp_path, "resumed", launch=LAUNCH)
     assert f"resuming from {run_dir / 'checkpoints' / f'checkpoint-{done[-1]}'}" in resumed.stdout
-    assert_same_run(run_dir, tmp_path / "reference")
+    assert_same_run(run_dir, tmp_path / "reference", last_step=8)
 
 
 def test_nan_on_one_rank_is_skipped_by_every_rank(recipe, tmp_path):

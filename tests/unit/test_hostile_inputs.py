@@ -27,6 +27,8 @@ import peftkit.train
 from peftkit.cli import main
 from tests.conftest import tiny_recipe, write_recipe
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @dataclass
 class Ctx:
@@ -294,3 +296,31 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(ctx, suffix, content,
     train_file = ctx.write(f"bom{suffix}", content)
     assert main(["validate", str(ctx.recipe(data={"train_file": str(train_file)}))]) == 0
     assert "train: 2 rows used of 2" in capsys.readouterr().out
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(ctx, no_model_loading, capsys):
+    """E.g. the ranks of an `accelerate launch` that was killed with -9 keep running (tests/distributed): a second
+    `peftkit train --resume` on their folder must not write into it (nor delete their half-written checkpoint)."""
+    import subprocess
+    import sys
+
+    recipe, run = ctx.run_copy()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from peftkit.runfolder import hold_run_lock; hold_run_lock(Path(sys.argv[1])); "
+                               "print('locked', flush=True); time.sleep(120)", str(run)],
+                              cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(ctx.tmp)
+        assert main(["train", str(recipe), "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"peftkit: error: output_dir {run} is in use by another peftkit process (pid {holder.pid}); "
+                       "wait for it to finish or stop it (an `accelerate launch` killed with -9 leaves its ranks "
+                       "running). Two runs writing one folder would corrupt it")
+        assert snapshot(ctx.tmp) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    from peftkit.runfolder import hold_run_lock
+
+    hold_run_lock(run)  # the lock died with its process: nothing stale is left

@@ -24,6 +24,8 @@ from peftkit.runfolder import resume_point
 from tests.conftest import tiny_recipe, write_recipe
 from tests.hooked_peftkit import nan_build_trainer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def last_line(err: str) -> str:
     lines = [line for line in err.splitlines() if "gemm_4bit_forward" not in line]
@@ -46,6 +48,7 @@ def fp16_blowup(tiny_llama_dir, sst2_small, tmp_path):
     recipe = tiny_recipe(tiny_llama_dir, sst2_small, tmp_path / "run",
                          model={"dtype": "float16"}, evaluate={"enabled": False})
     recipe["train"].update(max_steps=6, learning_rate=20, lr_scheduler_type="constant", save_strategy="steps",
+                           per_device_train_batch_size=2,
                            save_steps=1, save_total_limit=5)
     return write_recipe(tmp_path / "recipe.yaml", recipe), tmp_path / "run"
 
@@ -68,48 +71,47 @@ def test_nan_loss_stops_naming_the_step_and_the_last_good_checkpoint_is_intact(f
 
 def test_skip_mode_still_stops_when_every_batch_is_bad(fp16_blowup, capsys):
     recipe, run_dir = fp16_blowup
-    assert main(["train", str(recipe), "safety.on_nonfinite_loss=skip", "safety.max_skipped_batches=2"]) == 2
+    assert main(["train", str(recipe), "safety.on_nonfinite_loss=skip", "safety.max_skipped_batches=1"]) == 2
     out, err = capsys.readouterr()
-    assert "non-finite loss (nan) at step 2: batch skipped (1/2)" in out
-    assert "non-finite loss (nan) at step 3: batch skipped (2/2)" in out
-    assert last_line(err).startswith("peftkit: error: training loss became nan at step 4 after skipping 2 "
+    assert "non-finite loss (nan) at step 2: batch skipped (1/1)" in out
+    assert last_line(err).startswith("peftkit: error: training loss became nan at step 3 after skipping 1 "
                                      "batches (safety.max_skipped_batches)")
-    # skipped steps did not touch the weights: checkpoint-3 (after two skips) equals checkpoint-1
-    for name, tensor in checkpoint_weights(run_dir, 3).items():
+    # the skipped step did not touch the weights: checkpoint-2 equals checkpoint-1
+    for name, tensor in checkpoint_weights(run_dir, 2).items():
         assert torch.equal(tensor, checkpoint_weights(run_dir, 1)[name]), name
 
 
 def test_skipped_batches_are_counted_across_a_resume(tiny_llama_dir, sst2_small, tmp_path, monkeypatch, capsys):
-    """NaN (injected) at steps 3 and 5 with skip; SIGTERM at step 6; --resume: 2 skipped in the summary, and
-    the skipped steps left the weights as they were."""
+    """NaN (injected) at steps 2 and 4 with skip; SIGTERM (to this process) during step 5; --resume: 2 skipped in
+    the summary, and the skipped steps left the weights as they were."""
     recipe = tiny_recipe(tiny_llama_dir, sst2_small, tmp_path / "run", safety={"on_nonfinite_loss": "skip"},
                          evaluate={"enabled": False})
-    recipe["train"].update(max_steps=8, save_strategy="steps", save_steps=1, save_total_limit=10)
+    recipe["train"].update(max_steps=6, save_strategy="steps", save_steps=1, save_total_limit=10)
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
     run_dir = tmp_path / "run"
-    with_nan = nan_build_trainer(peftkit.train.build_trainer, {3, 5}, None)
+    with_nan = nan_build_trainer(peftkit.train.build_trainer, {2, 4}, None)
 
-    def nan_then_sigterm_at_step_6(*args, **kwargs):
+    def nan_then_sigterm_at_step_5(*args, **kwargs):
         trainer = with_nan(*args, **kwargs)
         trainer.model.register_forward_pre_hook(
-            lambda module, inputs: os.kill(os.getpid(), signal.SIGTERM) if trainer.state.global_step == 5 else None)
+            lambda module, inputs: os.kill(os.getpid(), signal.SIGTERM) if trainer.state.global_step == 4 else None)
         return trainer
 
-    monkeypatch.setattr(peftkit.train, "build_trainer", nan_then_sigterm_at_step_6)
+    monkeypatch.setattr(peftkit.train, "build_trainer", nan_then_sigterm_at_step_5)
     assert main(["train", str(path)]) == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM at step 6" in capsys.readouterr().err
+    assert "stopped by SIGTERM at step 5" in capsys.readouterr().err
     monkeypatch.setattr(peftkit.train, "build_trainer", with_nan)
     assert main(["train", str(path), "--resume"]) == 0
     out = capsys.readouterr().out
-    assert "resuming from" in out and "checkpoint-6" in out
+    assert "resuming from" in out and "checkpoint-5" in out
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    assert summary["skipped_nonfinite_batches"] == 2 and summary["global_step"] == 8
-    assert summary["resumed_from_step"] == 6
-    for skipped in (3, 5):
+    assert summary["skipped_nonfinite_batches"] == 2 and summary["global_step"] == 6
+    assert summary["resumed_from_step"] == 5
+    for skipped in (2, 4):
         before, after = checkpoint_weights(run_dir, skipped - 1), checkpoint_weights(run_dir, skipped)
         assert all(torch.equal(after[n], before[n]) for n in after), f"skipped step {skipped} changed the weights"
-    assert any(not torch.equal(a, b) for a, b in zip(checkpoint_weights(run_dir, 4).values(),
-                                                     checkpoint_weights(run_dir, 3).values()))
+    assert any(not torch.equal(a, b) for a, b in zip(checkpoint_weights(run_dir, 3).values(),
+                                                     checkpoint_weights(run_dir, 2).values()))
 
 
 # ---------------------------------------------------------------------------------------------

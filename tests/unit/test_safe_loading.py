@@ -19,6 +19,8 @@ from peftkit.cli import main
 from peftkit.recipe import ModelSection, load_recipe
 from tests.conftest import tiny_recipe, write_recipe
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if "gemm_4bit_forward" not in line]
