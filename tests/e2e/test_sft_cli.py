@@ -118,6 +118,7 @@ def test_generate_refuses_a_classification_head_run(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")  # present: the refusal must be about the task
     recipe = recipe_from_dict({"model": {"name_or_path": "x"}, "data": {"train_file": "t.tsv"}})
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
     assert main(["generate", str(run), "hello"]) == 2
