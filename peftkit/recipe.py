@@ -206,12 +206,10 @@ TRAIN_RESERVED = {
     "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
 }
 # Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
-# gradient checkpointing; peftkit keeps both opt-in, as on the classification path, so a recipe means the same
-# precision and speed trade-off whatever its task. Checkpointing is off through its transformers 5 name
+# gradient checkpointing; peftkit decides precision the same way for every task (peftkit/speed.py: bf16 autocast
+# only where measured to pay off) and keeps checkpointing opt-in, off through its transformers 5 name
 # (activation_checkpointing) unless the recipe names either spelling; `packing` follows the attention implementation.
-SFT_TRAIN_DEFAULTS: dict[str, Any] = {
-    "bf16": False,
-}
+SFT_TRAIN_DEFAULTS: dict[str, Any] = {}
 SFT_TRAIN_RESERVED = {
     "max_length": "use data.max_length (one limit for the data audit and for training)",
     "dataset_text_field": "use data.text_column",

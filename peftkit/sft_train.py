@@ -9,6 +9,7 @@ from typing import Any
 
 from peftkit.adapters import attach_adapter, parameter_counts
 from peftkit.distributed import adjust_training_args_for_launch, check_launch
+from peftkit.speed import apply_speed_defaults, with_seeded_length_grouping
 from peftkit.errors import PeftkitError
 from peftkit.generative import evaluate_causal, write_causal_metrics
 from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded
@@ -90,7 +91,9 @@ def sft_arguments(recipe: Recipe, run_dir: Path):
     from trl import SFTConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
-    kwargs = adjust_training_args_for_launch(recipe.train, torch.cuda.is_available())
+    train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled,
+                                 packing=bool(recipe.train.get("packing")))
+    kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
     return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=recipe.data.max_length, **kwargs)
 
 
@@ -100,7 +103,7 @@ def build_sft_trainer(recipe: Recipe, args, model, tokenizer, causal: CausalData
     from trl import SFTTrainer
 
     eval_during_training = args.eval_strategy != "no"
-    trainer = guarded(SFTTrainer)(
+    trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
