@@ -13,6 +13,7 @@ Arms (each in its own process):
   trl-packing-on   SFTTrainer(packing=True): BFD packing, padding-free rows
   peftkit-sft      peftkit.sft_train.run on recipes/sst2/smollm2_lora_gen.yaml with peftkit's speed defaults
                    (packing + padding-free rows, bf16 autocast on CPUs with native bf16)
+  peftkit-sft-ckpt the same with train.gradient_checkpointing=true (TRL's default; less memory, more time)
   peftkit-sft-fp32 the same with train.bf16=false: the bf16 lever off
   llamafactory     llamafactory-cli train in the isolated venv made by benchmarks/llamafactory_setup.sh
                    (skipped with a note if /tmp/lf-venv does not exist); its own defaults, same hyperparameters
@@ -42,7 +43,10 @@ MODEL = "packaged:smollm2-135m-instruct"
 GEN_RECIPE = "recipes/sst2/smollm2_lora_gen.yaml"
 LF_VENV = Path(os.environ.get("PEFTKIT_LF_VENV", "/tmp/lf-venv"))
 HYPER = {"learning_rate": 3e-4, "batch_size": 8, "max_length": 64}
-ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-fp32", "llamafactory")
+ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-ckpt", "peftkit-sft-fp32", "llamafactory")
+# peftkit arms: recipe overrides that turn one lever from peftkit's default
+PEFTKIT_ARMS = {"peftkit-sft": [], "peftkit-sft-fp32": ["train.bf16=false"],
+                "peftkit-sft-ckpt": ["train.gradient_checkpointing=true"]}
 
 
 def trl_spec(name: str, packing: bool, examples: int, eval_examples: int) -> dict[str, Any]:
@@ -128,14 +132,12 @@ def main() -> None:
             specs.append((name, trl_spec(name, False, examples, a.eval_examples)))
         elif name == "trl-packing-on":
             specs.append((name, trl_spec(name, True, examples, a.eval_examples)))
-        elif name in ("peftkit-sft", "peftkit-sft-fp32"):
+        elif name in PEFTKIT_ARMS:
             ok, why = peftkit_available()
             if not ok:
                 skipped[name] = why
                 continue
-            overrides = [f"data.max_train_samples={examples}"]
-            if name == "peftkit-sft-fp32":  # the bf16-autocast lever off, everything else as peftkit's defaults
-                overrides.append("train.bf16=false")
+            overrides = [f"data.max_train_samples={examples}", *PEFTKIT_ARMS[name]]
             if a.eval_examples:
                 overrides.append(f"data.max_eval_samples={a.eval_examples}")
             specs.append((name, {"name": f"sft:{name}", "kind": "peftkit_sft", "recipe": GEN_RECIPE,
