@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=None, help="training examples (default: smollm2 1000, minilm 2000)")
     p.add_argument("--eval-examples", type=int, default=None, help="dev sentences (default: all 872)")
     p.add_argument("--repeats", type=int, default=1, help="A/B pairs (same seed: repeats measure speed noise)")
+    p.add_argument("--seed", type=int, default=42, help="seed of both arms: training subset, adapter init, order")
     p.add_argument("--threads", type=int, default=1, help=arg_threads_help())
     a = p.parse_args()
     started = time.time()
@@ -40,7 +41,8 @@ def main() -> None:
     eval_examples = 128 if a.quick else a.eval_examples
     recipe = MODELS[a.model]
     base_name, peft_name = f"{a.model}:hf-trainer-baseline:quality", f"{a.model}:peftkit:quality"
-    common = dict(examples=examples, stride=None, evaluate=True, eval_examples=eval_examples)
+    common = dict(examples=examples, stride=None, evaluate=True, eval_examples=eval_examples,
+                  overrides=[f"train.seed={a.seed}"])
     arms = [cls_arm(base_name, "hf_cls", recipe, **common), cls_arm(peft_name, "peftkit_cls", recipe, **common)]
     env = environment(a.threads)
     results = interleaved(arms, a.repeats, threads=a.threads, log_dir=RESULTS / "logs")
@@ -58,7 +60,7 @@ def main() -> None:
           f"Command: `{command_line()}`", "",
           f"Recipe `{recipe}`, {examples} training examples (seeded subset, the same for both arms), one full epoch "
           f"({peft[0]['steps']} optimizer steps), then the SST-2 dev set ({n_eval} sentences). Accuracy ± 95% "
-          "binomial interval. Both arms seed 42. The baseline's dev predictions are made in length-sorted order to "
+          f"binomial interval. Both arms seed {a.seed}. The baseline's dev predictions are made in length-sorted order to "
           "save benchmark time (same logits as unsorted for right padding).", "",
           "| arm | train loss (epoch mean) | dev accuracy | useful tok/s (abs.) | padding | train s (abs.) | "
           "eval s (abs.) | peak RSS MB |",
@@ -68,7 +70,8 @@ def main() -> None:
     payload = {"benchmark": "quality", "command": command_line(), "model": a.model, "recipe": recipe,
                "examples": examples, "eval_examples": n_eval, "environment": env,
                "ratios": {"useful_tokens_per_s": speed, "peak_rss_less": memory}, "runs": results}
-    j, m = write_results(f"quality_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
+    suffix = ("_quick" if a.quick else "") + ("" if a.seed == 42 else f"_seed{a.seed}")
+    j, m = write_results(f"quality_{a.model}{suffix}", payload, "\n".join(md))
     print("\n".join(md))
     print(f"\nwritten: {j} {m}")
 

@@ -331,7 +331,7 @@ def run_hf_cls(spec: dict[str, Any]) -> dict[str, Any]:
 
     recipe = load_recipe(REPO / spec["recipe"], spec.get("overrides", []))
     t = recipe.train
-    set_seed(42)
+    set_seed(recipe.seed)
     started = time.perf_counter()
     # -- data: the very same examples peftkit trains and evaluates on
     data = load_classification_data(recipe.data, recipe.seed)
@@ -364,7 +364,7 @@ def run_hf_cls(spec: dict[str, Any]) -> dict[str, Any]:
         output_dir=f"{spec['workdir']}/hf", learning_rate=t["learning_rate"],
         per_device_train_batch_size=t["per_device_train_batch_size"], per_device_eval_batch_size=16,
         num_train_epochs=t["num_train_epochs"], max_steps=t.get("max_steps", -1),
-        eval_strategy="no", save_strategy="no", report_to="none", seed=42,
+        eval_strategy="no", save_strategy="no", report_to="none", seed=recipe.seed,
         **spec.get("hf_extra_args", {}))
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),

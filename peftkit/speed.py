@@ -1,30 +1,36 @@
-"""Speed defaults: TrainingArguments settings peftkit fills in when the recipe leaves them unset.
+"""Speed defaults: TrainingArguments / SFTConfig settings peftkit fills in when the recipe leaves them unset.
 
 Each rule is on only because it was measured to pay off without changing what is learned beyond run-to-run
-noise; the measurements are in ``benchmarks/README.md`` (SmolLM2-135M + LoRA on SST-2, CPU). A key the recipe
-sets itself is never touched: ``train.bf16: false`` or ``train.train_sampling_strategy: random`` turn a rule off.
+noise; the measurements and the commands that reproduce them are in ``benchmarks/README.md`` (SmolLM2-135M +
+LoRA on SST-2, CPU). A key the recipe sets itself is never touched: ``train.bf16: false`` or
+``train.train_sampling_strategy: random`` turn a rule off.
 
 Measured and ON by default
-* ``train_sampling_strategy: group_by_length`` (every device). Batches are drawn from length-sorted groups of
-  up to 50 batches, so little of each batch is padding. Same examples, same epoch, same number of steps; only
-  which examples share a batch changes. peftkit uses :class:`EpochSeededLengthGroupedSampler` for it (through
-  :func:`with_seeded_length_grouping`), not transformers' own sampler, whose order comes from the global RNG at
-  the start of each epoch: after a resume in a later epoch, or on DDP ranks whose RNGs drifted apart during the
-  previous epoch, that order differs from the uninterrupted run's, so examples are repeated or skipped.
+* ``train_sampling_strategy: group_by_length`` (every device; not for packed SFT, whose rows have no padding).
+  Batches are drawn from length-sorted groups of up to 50 batches, so little of each batch is padding. Same
+  examples, same epoch, same number of steps; only which examples share a batch changes. peftkit uses
+  :class:`EpochSeededLengthGroupedSampler` for it (through :func:`with_seeded_length_grouping`), not
+  transformers' own sampler, whose order comes from the global RNG at the start of each epoch: after a resume in
+  a later epoch, or on DDP ranks whose RNGs drifted apart during the previous epoch, that order differs from the
+  uninterrupted run's, so examples are repeated or skipped.
 * ``bf16: true`` (+ ``use_cpu: true``, which transformers requires for bf16 on CPU) on CPUs with native bf16
   (``avx512_bf16`` or ``amx_bf16``): autocast runs the matmuls in bf16, the weights and the optimizer stay fp32.
   Not on CPUs without it (emulated bf16 is slower), and not for 4-bit/8-bit models (bitsandbytes owns their
-  compute dtype on CPU).
-
+  compute dtype on CPU). Elsewhere ``bf16: false`` is set explicitly, so that trl.SFTConfig's own default
+  (bf16 on) cannot change a recipe's precision behind its back: the same recipe means the same precision for
+  every task.
 * Padding to a multiple of 8 only on CUDA (:func:`collator_pad_multiple`): GPU tensor cores want multiples of 8;
   on CPU it is pure waste (SST-2, batches of 16, length-grouped: 27% of the epoch's positions were padding with
   multiples of 8, 8% without).
+* Packing with padding-free rows for SFT is decided in ``peftkit.recipe`` (on where the attention keeps packed
+  sequences apart) and checked on the real model at the start of each run (``peftkit.sft_train``).
 
 Measured and OFF (left to the recipe)
-* ``torch_compile``: see ``COMPILE_NOTE``.
+* ``torch_compile``: on this CPU its warm-up (two compiles, ~25 minutes) is paid back only after thousands of
+  steps, and any recompile (a new length, an evaluation pass) costs it again.
 * ``gradient_checkpointing``: costs time, saves memory; for when memory is short.
 
-Not measured here (no GPU was available): on CUDA only the sampler rule applies; set ``bf16``/``fp16`` yourself.
+Not measured here (no GPU was lent): on CUDA only the sampler rule applies; set ``bf16``/``fp16`` yourself.
 """
 
 from __future__ import annotations
@@ -111,8 +117,10 @@ def with_seeded_length_grouping(trainer_cls: type) -> type:
             else:
                 lengths = [len(ids) for ids in dataset["input_ids"]]
             seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            return EpochSeededLengthGroupedSampler(
-                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed)
+            # Grouped by the global batch (every rank, every accumulation step): accelerate deals the sampler's
+            # order out to the ranks batch by batch, so an optimizer step sees the same examples at any world size.
+            global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            return EpochSeededLengthGroupedSampler(lengths, global_batch, seed)
 
     SeededLengthGrouping.__name__ = SeededLengthGrouping.__qualname__ = trainer_cls.__name__
     return SeededLengthGrouping

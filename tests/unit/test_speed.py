@@ -205,3 +205,30 @@ def test_collator_pads_to_multiples_of_8_only_on_cuda():
 
     assert collator_pad_multiple(SimpleNamespace(device=SimpleNamespace(type="cuda"))) == 8
     assert collator_pad_multiple(SimpleNamespace(device=SimpleNamespace(type="cpu"))) is None
+
+
+def test_length_groups_span_the_global_batch_so_ranks_together_see_the_one_process_batches(tmp_path, monkeypatch):
+    """2 ranks x batch 2 must train the same examples per optimizer step as 1 process x batch 4."""
+    import datasets
+    import torch
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+    from transformers import Trainer, TrainingArguments
+
+    from peftkit.speed import with_seeded_length_grouping
+
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * (n % 29 + 1) for n in range(96)], "labels": [0] * 96})
+
+    def sampler(per_device: int, world: int):
+        monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: world))
+        args = TrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="group_by_length", report_to=[],
+                                 per_device_train_batch_size=per_device, use_cpu=True)
+        return with_seeded_length_grouping(Trainer)(model=torch.nn.Linear(1, 1), args=args,
+                                                    train_dataset=ds)._get_train_sampler()
+
+    one_process = [sorted(b) for b in BatchSampler(sampler(4, 1), 4, drop_last=False)]
+    two_ranks = sampler(2, 2)
+    assert two_ranks.batch_size == 4
+    shards = [list(BatchSamplerShard(BatchSampler(two_ranks, 2, drop_last=False), 2, rank)) for rank in (0, 1)]
+    per_step = [sorted(a + b) for a, b in zip(*shards)]
+    assert per_step == one_process
