@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=0)
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--name", default="sft", help="results file name (benchmarks/results/NAME.json and .md)")
     p.add_argument("--threads", type=int, default=1, help=arg_threads_help())
     a = p.parse_args()
     started = time.time()
@@ -167,7 +168,9 @@ def main() -> None:
             results[name].append(res)
             print(f"    train {res['train_s']:.1f} s, {res['steps']} steps, useful {res.get('useful_tokens_per_s')} tok/s",
                   flush=True)
-    base = results.get("trl-packing-off") or []
+    # the reference: the plain-TRL baseline, or the first arm measured when the baseline was not asked for
+    reference = "trl-packing-off" if results.get("trl-packing-off") else next((n for n, r in results.items() if r), None)
+    base = results.get(reference) or []
     rows = []
     for name, res in results.items():
         if not res:
@@ -184,11 +187,11 @@ def main() -> None:
           f"Command: `{command_line()}`", "",
           f"{examples} SST-2 training sentences as prompt -> label word, one full epoch per arm, lr "
           f"{HYPER['learning_rate']}, batch {HYPER['batch_size']}, max_length {HYPER['max_length']}, LoRA r16 "
-          f"all-linear, fp32 unless an arm's defaults say otherwise. Ratios are against trl-packing-off measured in "
+          f"all-linear, precision as each arm's defaults say (TRL's: bf16 autocast). Ratios are against {reference} measured in "
           f"the same round ({a.repeats} round(s)). Packed arms take fewer, fuller optimizer steps: compare epoch time "
           "and useful tokens/s. LLaMA-Factory's tokens are its own `num_input_tokens_seen` (non-padding), its time "
           "its own `train_runtime`, its memory the peak RSS of the whole CLI process.", "",
-          "| arm | useful tok/s vs packing-off | epoch speed vs packing-off | optimizer steps | padding | train loss | "
+          f"| arm | useful tok/s vs {reference} | epoch speed vs {reference} | optimizer steps | padding | train loss | "
           "label accuracy | peak RSS MB | useful tok/s (abs.) | train s (abs.) |",
           "|---|---|---|---|---|---|---|---|---|---|", *rows]
     if skipped:
@@ -196,7 +199,7 @@ def main() -> None:
     md += ["", env_lines(env, started)]
     payload = {"benchmark": "sft", "command": command_line(), "examples": examples, "hyper": HYPER,
                "environment": env, "skipped": skipped, "runs": results}
-    j, m = write_results("sft" + ("_quick" if a.quick else ""), payload, "\n".join(md))
+    j, m = write_results(a.name + ("_quick" if a.quick else ""), payload, "\n".join(md))
     print("\n".join(md))
     print(f"\nwritten: {j} {m}")
 
