@@ -107,16 +107,26 @@ class CountingCollator:
 
 
 class StridedEpoch:
-    """A sampler that yields every ``stride``-th batch (from ``offset``) of the wrapped sampler's epoch order."""
+    """A sampler that yields every ``stride``-th batch (from ``offset``) of the wrapped sampler's epoch order.
 
-    def __init__(self, inner, batch_size: int, stride: int, offset: int, lengths: list[int], pad_multiple: int | None):
+    ``by_size``: pick every ``stride``-th batch in order of padded size instead (full batches only), trained in
+    their epoch order. Length-grouped epochs put the few long examples into a few batches, which plain striding
+    can miss entirely; picking along the sizes measures short and long batches alike, so the time-vs-positions
+    model of the epoch (:func:`epoch_time_model`) is fitted over the whole range it is used on.
+    """
+
+    def __init__(self, inner, batch_size: int, stride: int, offset: int, lengths: list[int], pad_multiple: int | None,
+                 by_size: bool = False):
         self.inner, self.batch_size, self.stride, self.offset = inner, batch_size, stride, offset
-        self.lengths, self.pad_multiple = lengths, pad_multiple or 1
+        self.lengths, self.pad_multiple, self.by_size = lengths, pad_multiple or 1, by_size
         self.full_epoch: dict[str, Any] = {}
         n = len(lengths)
         self.total_batches = -(-n // batch_size)
-        kept = list(range(self.total_batches))[offset::stride]
-        self._len = sum(min(batch_size, n - b * batch_size) for b in kept)
+        if by_size:
+            self._len = len(range(n // batch_size)[offset::stride]) * batch_size
+        else:
+            kept = list(range(self.total_batches))[offset::stride]
+            self._len = sum(min(batch_size, n - b * batch_size) for b in kept)
 
     def __len__(self):
         return self._len
@@ -125,7 +135,13 @@ class StridedEpoch:
         order = list(iter(self.inner))
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         self.full_epoch = epoch_padding(batches, self.lengths, self.pad_multiple)
-        return iter([i for b in batches[self.offset::self.stride] for i in b])
+        if self.by_size:
+            full = [b for b in range(len(batches)) if len(batches[b]) == self.batch_size]
+            by_positions = sorted(full, key=lambda b: self.full_epoch["batch_positions"][b])
+            chosen = sorted(by_positions[self.offset::self.stride])
+        else:
+            chosen = list(range(len(batches)))[self.offset::self.stride]
+        return iter([i for b in chosen for i in batches[b]])
 
 
 def epoch_padding(batches: list[list[int]], lengths: list[int], pad_multiple: int) -> dict[str, Any]:
@@ -204,7 +220,8 @@ def observe(trainer, spec: dict[str, Any], obs: Observer) -> None:
             lengths = [len(ids) for ids in ds["input_ids"]]
             pad = getattr(obs.collator.inner, "pad_to_multiple_of", None)
             bs = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-            obs.sampler = StridedEpoch(inner, bs, stride, spec.get("stride_offset", 0), lengths, pad)
+            obs.sampler = StridedEpoch(inner, bs, stride, spec.get("stride_offset", 0), lengths, pad,
+                                       by_size=spec.get("stride_by_size", False))
             return obs.sampler
 
         trainer._get_train_sampler = strided_sampler
@@ -258,12 +275,12 @@ def summarize(obs: Observer, spec: dict[str, Any], extra: dict[str, Any]) -> dic
         out["epoch_batches"] = fe.get("batches")
         out["epoch_padding_fraction"] = fe.get("padding_fraction")
         out["epoch_time_estimate_s"] = round(train_s / steps * fe["batches"], 1) if steps else None
+        out["epoch_useful_tokens"] = fe["useful_tokens"]
         if len(c.per_batch) == len(gaps):
             model = epoch_time_model(gaps, [p for _, p in c.per_batch], fe["batch_positions"])
             if model:
                 out["epoch_model"] = model
                 out["epoch_time_model_s"] = model["epoch_s"]
-                out["epoch_useful_tokens"] = fe["useful_tokens"]
                 out["epoch_useful_tokens_per_s_model"] = round(fe["useful_tokens"] / model["epoch_s"], 2)
     out.update(extra)
     return out
