@@ -15,6 +15,8 @@ Arms (each in its own process):
                    (packing + padding-free rows, bf16 autocast on CPUs with native bf16)
   peftkit-sft-ckpt the same with train.gradient_checkpointing=true (TRL's default; less memory, more time)
   peftkit-sft-fp32 the same with train.bf16=false: the bf16 lever off
+  peftkit-sft-padfree  padding-free batches without packing: the baseline's examples per step and number of
+                   optimizer steps, joined into one row (no padding computed)
   llamafactory     llamafactory-cli train in the isolated venv made by benchmarks/llamafactory_setup.sh
                    (skipped with a note if /tmp/lf-venv does not exist); its own defaults, same hyperparameters
 
@@ -43,10 +45,12 @@ MODEL = "packaged:smollm2-135m-instruct"
 GEN_RECIPE = "recipes/sst2/smollm2_lora_gen.yaml"
 LF_VENV = Path(os.environ.get("PEFTKIT_LF_VENV", "/tmp/lf-venv"))
 HYPER = {"learning_rate": 3e-4, "batch_size": 8, "max_length": 64}
-ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-ckpt", "peftkit-sft-fp32", "llamafactory")
+ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-ckpt", "peftkit-sft-fp32", "peftkit-sft-padfree",
+        "llamafactory")
 # peftkit arms: recipe overrides that turn one lever from peftkit's default
 PEFTKIT_ARMS = {"peftkit-sft": [], "peftkit-sft-fp32": ["train.bf16=false"],
-                "peftkit-sft-ckpt": ["train.gradient_checkpointing=true"]}
+                "peftkit-sft-ckpt": ["train.gradient_checkpointing=true"],
+                "peftkit-sft-padfree": ["train.packing=false", "train.padding_free=true"]}
 
 
 def trl_spec(name: str, packing: bool, examples: int, eval_examples: int) -> dict[str, Any]:

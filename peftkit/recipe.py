@@ -630,9 +630,12 @@ def validate_causal(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn
                                                            if d.format == "messages" else ""))
     if t.get("assistant_only_loss") and not (d.format == "messages" or d.use_chat_template):
         fail("'train.assistant_only_loss' needs chat data: data.format messages, or data.use_chat_template: true")
-    if t.get("padding_free") and not t.get("packing"):
-        fail("'train.padding_free' without packing cannot truncate to data.max_length (TRL needs max_length=None "
-             "then); keep train.packing: true, which batches padding-free, or set train.padding_free: false")
+    if t.get("padding_free") and not t.get("packing") and recipe.task != "generative_classification":
+        # TRL cannot truncate padding-free batches without packing; only classification prompts are fitted to
+        # data.max_length by peftkit itself (sft_data.fit_classification_prompts)
+        fail("'train.padding_free' without packing needs examples that already fit data.max_length, which peftkit "
+             "guarantees for task generative_classification only; keep train.packing: true, which batches "
+             "padding-free, or set train.padding_free: false")
     if t.get("packing") and t.get("packing_strategy", "bfd") not in ("bfd", "bfd_split", "wrapped"):
         fail("'train.packing_strategy' must be bfd, bfd_split or wrapped")
     if t.get("chat_template_path") and not str(t["chat_template_path"]).endswith((".jinja", ".j2")):

@@ -54,8 +54,8 @@ def speed_defaults(train: dict[str, Any], *, has_cuda: bool, cpu_has_bf16: bool,
         has_cuda: whether training runs on a CUDA GPU.
         cpu_has_bf16: whether the CPU computes bf16 natively (see :func:`cpu_has_native_bf16`).
         quantized: whether the base model is loaded in 4-bit or 8-bit (bitsandbytes).
-        packing: whether TRL packs the examples into padding-free rows (then there is no padding to avoid and
-            the sampler is left alone).
+        packing: whether TRL batches padding-free (packed rows, or padding_free batches): then there is no
+            padding to avoid and the sampler is left alone.
     """
     out = dict(train)
     if not packing:
