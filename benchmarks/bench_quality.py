@@ -58,8 +58,8 @@ def main() -> None:
     memory = ratio_stats(base, peft, "peak_rss_train_mb", higher_is_better=False)
     md = [f"# Classification quality with speed: full epochs ({a.model}, SST-2)", "",
           f"Command: `{command_line()}`", "",
-          f"Recipe `{recipe}`, {examples} training examples (seeded subset, the same for both arms), one full epoch "
-          f"({peft[0]['steps']} optimizer steps), then the SST-2 dev set ({n_eval} sentences). Accuracy ± 95% "
+          f"Recipe `{recipe}`, {examples} training examples (seeded subset, the same for both arms), the recipe's "
+          f"full epochs ({peft[0]['steps']} optimizer steps), then the SST-2 dev set ({n_eval} sentences). Accuracy ± 95% "
           f"binomial interval. Both arms seed {a.seed}. The baseline's dev predictions are made in length-sorted order to "
           "save benchmark time (same logits as unsorted for right padding).", "",
           "| arm | train loss (epoch mean) | dev accuracy | useful tok/s (abs.) | padding | train s (abs.) | "
