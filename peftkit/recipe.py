@@ -206,12 +206,10 @@ TRAIN_RESERVED = {
     "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
 }
 # Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
-# gradient checkpointing; peftkit keeps both opt-in, as on the classification path, so a recipe means the same
-# precision and speed trade-off whatever its task. Checkpointing is off through its transformers 5 name
+# gradient checkpointing; peftkit decides precision the same way for every task (peftkit/speed.py: bf16 autocast
+# only where measured to pay off) and keeps checkpointing opt-in, off through its transformers 5 name
 # (activation_checkpointing) unless the recipe names either spelling; `packing` follows the attention implementation.
-SFT_TRAIN_DEFAULTS: dict[str, Any] = {
-    "bf16": False,
-}
+SFT_TRAIN_DEFAULTS: dict[str, Any] = {}
 SFT_TRAIN_RESERVED = {
     "max_length": "use data.max_length (one limit for the data audit and for training)",
     "dataset_text_field": "use data.text_column",
@@ -632,9 +630,12 @@ def validate_causal(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn
                                                            if d.format == "messages" else ""))
     if t.get("assistant_only_loss") and not (d.format == "messages" or d.use_chat_template):
         fail("'train.assistant_only_loss' needs chat data: data.format messages, or data.use_chat_template: true")
-    if t.get("padding_free") and not t.get("packing"):
-        fail("'train.padding_free' without packing cannot truncate to data.max_length (TRL needs max_length=None "
-             "then); keep train.packing: true, which batches padding-free, or set train.padding_free: false")
+    if t.get("padding_free") and not t.get("packing") and recipe.task != "generative_classification":
+        # TRL cannot truncate padding-free batches without packing; only classification prompts are fitted to
+        # data.max_length by peftkit itself (sft_data.fit_classification_prompts)
+        fail("'train.padding_free' without packing needs examples that already fit data.max_length, which peftkit "
+             "guarantees for task generative_classification only; keep train.packing: true, which batches "
+             "padding-free, or set train.padding_free: false")
     if t.get("packing") and t.get("packing_strategy", "bfd") not in ("bfd", "bfd_split", "wrapped"):
         fail("'train.packing_strategy' must be bfd, bfd_split or wrapped")
     if t.get("chat_template_path") and not str(t["chat_template_path"]).endswith((".jinja", ".j2")):

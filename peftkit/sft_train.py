@@ -9,6 +9,7 @@ from typing import Any
 
 from peftkit.adapters import attach_adapter, parameter_counts
 from peftkit.distributed import adjust_training_args_for_launch, check_launch
+from peftkit.speed import apply_speed_defaults, with_seeded_length_grouping
 from peftkit.errors import PeftkitError
 from peftkit.generative import evaluate_causal, write_causal_metrics
 from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded
@@ -37,6 +38,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     tokenizer = load_tokenizer(recipe.model, source)
     encoder = prepare_examples(recipe, tokenizer, causal)  # tokenizes as TRL will; stops if most is dropped
     say(format_causal_report(causal, truncation_length(recipe)))
+    check_all_fit(causal, recipe)
     # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
     run_dir = prepare_run_dir(recipe)
     checkpoint = resume_point(run_dir, resume, recipe.source)
@@ -52,8 +54,8 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
     model = attach_adapter(model, recipe.adapter, task_type="CAUSAL_LM")
     trainable, total = parameter_counts(model)
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
-    # ---- packing: padding-free batches must keep sequences apart on this very model ----------
-    if args.packing:
+    # ---- packing / padding-free: sequences sharing a row must stay apart on this very model ----
+    if args.packing or args.padding_free:
         check_packing_exact(model, tokenizer, encoder, causal, recipe)
     # ---- trainer -----------------------------------------------------------------------------
     trainer = build_sft_trainer(recipe, args, model, tokenizer, causal)
@@ -90,8 +92,27 @@ def sft_arguments(recipe: Recipe, run_dir: Path):
     from trl import SFTConfig
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
-    kwargs = adjust_training_args_for_launch(recipe.train, torch.cuda.is_available())
-    return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=recipe.data.max_length, **kwargs)
+    train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled,
+                                 packing=bool(recipe.train.get("packing") or recipe.train.get("padding_free")))
+    kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
+    return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=trl_max_length(recipe), **kwargs)
+
+
+def trl_max_length(recipe: Recipe) -> int | None:
+    """data.max_length, except for padding-free batches without packing: TRL cannot truncate those and refuses a
+    max_length; the examples fit already (recipe validation allows this for generative_classification only, whose
+    prompts peftkit fits to data.max_length, and run() re-checks the audit)."""
+    t = recipe.train
+    return None if t.get("padding_free") and not t.get("packing") else recipe.data.max_length
+
+
+def check_all_fit(causal: CausalData, recipe: Recipe) -> None:
+    """Padding-free batches without packing are not truncated by TRL: stop if any training example is too long."""
+    t, report = recipe.train, causal.reports.get("train")
+    if t.get("padding_free") and not t.get("packing") and report is not None and report.truncated:
+        raise PeftkitError(f"train.padding_free without packing: {report.truncated} training examples are longer "
+                           f"than data.max_length ({recipe.data.max_length}) and would not be cut; raise "
+                           "data.max_length or set train.packing: true")
 
 
 def build_sft_trainer(recipe: Recipe, args, model, tokenizer, causal: CausalData):
@@ -100,7 +121,7 @@ def build_sft_trainer(recipe: Recipe, args, model, tokenizer, causal: CausalData
     from trl import SFTTrainer
 
     eval_during_training = args.eval_strategy != "no"
-    trainer = guarded(SFTTrainer)(
+    trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
@@ -162,10 +183,11 @@ def check_packing_exact(model, tokenizer, encoder: Encoder, causal: CausalData, 
     gap = packing_gap(model, first, second, tokenizer.pad_token_id)
     tolerance = packing_tolerance(model)
     if gap > tolerance:
+        key = "train.packing" if recipe.train.get("packing") else "train.padding_free"
         raise PeftkitError(
-            f"train.packing: packed sequences are not kept apart by this model (attention "
+            f"{key}: packed sequences are not kept apart by this model (attention "
             f"{recipe.model.attn_implementation!r}): log-probabilities moved by {gap:.3g} (allowed {tolerance:g}). "
-            "Set train.packing=false, or model.attn_implementation to sdpa or eager")
+            f"Set {key}=false, or model.attn_implementation to sdpa or eager")
     say(f"packing check: packed and separate log-probabilities agree to {gap:.1e} (allowed {tolerance:g})")
 
 
@@ -179,6 +201,10 @@ def batching_plan(trainer, recipe: Recipe) -> str:
         return (f"packing ({trainer.args.packing_strategy}): {examples:,} examples -> {len(lengths):,} rows of "
                 f"<= {recipe.data.max_length} tokens ({fill:.0%} full); padding-free batches of "
                 f"{trainer.args.per_device_train_batch_size} rows")
+    if trainer.args.padding_free:
+        return (f"padding-free, no packing: {len(ds):,} examples in batches of "
+                f"{trainer.args.per_device_train_batch_size} joined into one row each (the same examples per step "
+                "as padded batches, no padding computed)")
     return f"no packing: {len(ds):,} examples in padded batches of {trainer.args.per_device_train_batch_size}"
 
 

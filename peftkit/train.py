@@ -25,6 +25,7 @@ from peftkit.quantize import prepare_for_training
 from peftkit.recipe import CAUSAL_TASKS, Recipe
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
                                prepare_run_dir, remove_incomplete_checkpoints, resume_point, save_run_files)
+from peftkit.speed import apply_speed_defaults, collator_pad_multiple, with_seeded_length_grouping
 
 
 def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def training_arguments(recipe: Recipe, run_dir: Path):
     from transformers import TrainingArguments
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
-    kwargs = adjust_training_args_for_launch(recipe.train, torch.cuda.is_available())
+    train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled)
+    kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
     # peftkit rotates checkpoints itself, after marking the new one complete (guards.MarkCompleteCheckpoints)
     kwargs["save_total_limit"] = None
     return TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **kwargs)
@@ -112,12 +114,12 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, train_ds, eval_ds):
     from transformers import DataCollatorWithPadding, Trainer
 
     eval_during_training = args.eval_strategy != "no"
-    trainer = guarded(Trainer)(
+    trainer = guarded(with_seeded_length_grouping(Trainer))(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds if eval_during_training else None,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=collator_pad_multiple(args)),
         processing_class=tokenizer,
         callbacks=[MarkCompleteCheckpoints(keep=recipe.train.get("save_total_limit")), StopOnSignal()],
     )

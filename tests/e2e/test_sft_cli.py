@@ -177,3 +177,31 @@ def test_qlora_with_gradient_checkpointing_trains_and_scores(tmp_path, tiny_caus
     assert "(allowed 0.05)" in out  # the float32 model's packing check allows 4-bit rounding: it is quantized
     assert json.loads((tmp_path / "run" / "train_summary.json").read_text())["global_step"] == 2
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["num_examples"] == 8
+
+
+def test_padding_free_batches_train_the_same_model_as_padded_batches(tmp_path, tiny_causal_dir):
+    """generative_classification with train.padding_free (no packing): the same examples per step as padded
+    batches, joined into one row; float32, same order, no dropout -> the same adapter to rounding noise."""
+    from safetensors.torch import load_file
+
+    dev = str(SHARED_DATA / "sst2" / "dev.tsv")
+    data = {"train_file": dev, "eval_file": dev, "text_column": "sentence", "label_names": ["negative", "positive"],
+            "prompt_template": "Review: {text}\nSentiment:", "max_length": 48}
+    adapters, outputs = {}, {}
+    for name, padding_free in (("padded", False), ("padding_free", True)):
+        folder = tmp_path / name
+        folder.mkdir()
+        # SGD: updates proportional to the gradients (Adam's first steps are ~lr x sign and would hide a change)
+        train = {"packing": False, "padding_free": padding_free, "bf16": False, "optim": "sgd",
+                 "learning_rate": 0.1, "warmup_steps": 0, "train_sampling_strategy": "random"}
+        recipe = write_recipe(folder / "recipe.yaml", tiny_causal_dir, "generative_classification", data, train,
+                              evaluate={"enabled": False})
+        result = run_cli("train", str(recipe))
+        assert_ok(result)
+        outputs[name] = result.stdout
+        adapters[name] = load_file(folder / "run" / "adapter" / "adapter_model.safetensors")
+    assert "padding-free, no packing" in outputs["padding_free"] and "padding 0.0%" in outputs["padding_free"]
+    assert "padding 0.0%" not in outputs["padded"]
+    for key, padded in adapters["padded"].items():
+        moved = (adapters["padding_free"][key] - padded).abs().max() / padded.abs().max().clamp(min=1e-12)
+        assert moved < 1e-4, (key, float(moved))
