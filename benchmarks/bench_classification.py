@@ -85,9 +85,7 @@ def main() -> None:
                "ratios": {"epoch_useful_tokens_per_s_model": speed, "useful_tokens_per_s_measured": measured,
                           "steps_per_s": steps, "peak_rss_less": memory},
                "runs": results}
-    j, m = write_results(f"classification_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(f"classification_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -69,9 +69,7 @@ def main() -> None:
     payload = {"benchmark": "compile", "command": command_line(), "model": model, "steps": steps, "stride": stride,
                "environment": env, "break_even_steps": break_even,
                "ratios": {"useful_tokens_per_s": total, "steady_step": steady}, "runs": results}
-    j, m = write_results(f"compile_{model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(f"compile_{model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -104,9 +104,7 @@ def main() -> None:
     payload = {"benchmark": "levers", "command": command_line(), "model": a.model, "recipe": recipe,
                "examples": a.examples, "stride": stride, "repeats": repeats, "environment": env, "rows": rows,
                "runs": results}
-    j, m = write_results(f"levers_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(f"levers_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -107,9 +107,7 @@ def main() -> None:
     payload = {"benchmark": "pad_multiple", "command": command_line(), "model": a.model, "bf16": bf16,
                "environment": env, "rows": rows,
                "median_ratio": statistics.median(ratios), "min_ratio": min(ratios), "max_ratio": max(ratios)}
-    j, m = write_results(f"pad_multiple_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(f"pad_multiple_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -71,9 +71,7 @@ def main() -> None:
                "examples": examples, "eval_examples": n_eval, "environment": env,
                "ratios": {"useful_tokens_per_s": speed, "peak_rss_less": memory}, "runs": results}
     suffix = ("_quick" if a.quick else "") + ("" if a.seed == 42 else f"_seed{a.seed}")
-    j, m = write_results(f"quality_{a.model}{suffix}", payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(f"quality_{a.model}{suffix}", payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -99,9 +99,7 @@ def main() -> None:
           "## Max sequence length (AG News, 4,000 examples, batch 32)", "", *lines("length", "max_length"), "",
           env_lines(env, started)]
     payload = {"benchmark": "scaling", "command": command_line(), "steps": steps, "environment": env, "rows": table}
-    j, m = write_results("scaling" + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results("scaling" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -60,14 +60,6 @@ def trl_spec(name: str, packing: bool, examples: int, eval_examples: int) -> dic
             "evaluate": bool(eval_examples), **HYPER}
 
 
-def peftkit_available() -> tuple[bool, str]:
-    if not (REPO / "peftkit" / "sft_train.py").exists():
-        return False, "this checkout has no peftkit/sft_train.py (the sft branch is not merged yet)"
-    if not (REPO / GEN_RECIPE).exists():
-        return False, f"{GEN_RECIPE} is missing"
-    return True, ""
-
-
 def run_llamafactory(examples: int, threads: int, log_dir: Path) -> dict[str, Any]:
     """LLaMA-Factory on the same examples: its CLI in its own venv; figures from its own trainer state."""
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -138,10 +130,6 @@ def main() -> None:
         elif name == "trl-packing-on":
             specs.append((name, trl_spec(name, True, examples, a.eval_examples)))
         elif name in PEFTKIT_ARMS:
-            ok, why = peftkit_available()
-            if not ok:
-                skipped[name] = why
-                continue
             overrides = [f"data.max_train_samples={examples}", *PEFTKIT_ARMS[name]]
             if a.eval_examples:
                 overrides.append(f"data.max_eval_samples={a.eval_examples}")
@@ -203,9 +191,7 @@ def main() -> None:
     md += ["", env_lines(env, started)]
     payload = {"benchmark": "sft", "command": command_line(), "examples": examples, "hyper": HYPER,
                "environment": env, "skipped": skipped, "runs": results}
-    j, m = write_results(a.name + ("_quick" if a.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwritten: {j} {m}")
+    write_results(a.name + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -141,11 +141,14 @@ def command_line() -> str:
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write results/NAME.json and results/NAME.md, and print the table and where it went."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / f"{name}.json"
     md_path = RESULTS / f"{name}.md"
     json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
+    print(markdown)
+    print(f"\nwritten: {json_path} {md_path}")
     return json_path, md_path
 
 

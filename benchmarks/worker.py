@@ -9,7 +9,7 @@ Started by benchmarks/common.py (never by hand). Kinds of run:
   plain Trainer defaults (fp32, random sampler). Hyperparameters (lr, batch size, epochs, LoRA) and the data
   subset are read from the same recipe, so both arms train on the same examples with the same settings.
 * ``trl_sft``: plain ``trl.SFTTrainer`` on SST-2 as prompt -> label word, packing off or on (from the spec).
-* ``peftkit_sft``: peftkit's own SFT path (``peftkit.sft_train.run``) once the SFT branch is merged.
+* ``peftkit_sft``: peftkit's own SFT path (``peftkit.sft_train.run``), observed the same way.
 
 Observation only: the timing covers ``Trainer.train`` from ``on_train_begin`` to ``on_train_end`` (compile
 warm-up included, model loading and tokenization excluded and reported separately). With ``stride: k`` the
@@ -184,6 +184,7 @@ class Observer:
         self.sampler: StridedEpoch | None = None
         self.collator: CountingCollator | None = None
         self.eval_s = None
+        self.trainer_args = None
 
 
 def make_callback(obs: Observer):
@@ -207,6 +208,7 @@ def make_callback(obs: Observer):
 
 def observe(trainer, spec: dict[str, Any], obs: Observer) -> None:
     """Attach the observers to a built Trainer (same for every arm)."""
+    obs.trainer_args = trainer.args
     obs.collator = CountingCollator(trainer.data_collator, spec.get("pad_to_multiple_of"))
     trainer.data_collator = obs.collator
     trainer.add_callback(make_callback(obs))
@@ -291,21 +293,31 @@ def summarize(obs: Observer, spec: dict[str, Any], extra: dict[str, Any]) -> dic
 # ---------------------------------------------------------------------------------------------
 
 
-def run_peftkit_cls(spec: dict[str, Any]) -> dict[str, Any]:
-    import peftkit.train as train_mod
+def peftkit_recipe(spec: dict[str, Any]):
+    """The arm's recipe as `peftkit train RECIPE OVERRIDES` would load it, in a throwaway run folder."""
     from peftkit.recipe import load_recipe
 
-    obs = Observer()
     overrides = [f"output_dir={spec['workdir']}/run", "overwrite_output_dir=true", 'train.save_strategy="no"',
                  f"evaluate.enabled={'true' if spec.get('evaluate') else 'false'}", *spec.get("overrides", [])]
-    recipe = load_recipe(REPO / spec["recipe"], overrides)
-    build = train_mod.build_trainer
+    return load_recipe(REPO / spec["recipe"], overrides)
+
+
+def observed_builder(build, spec: dict[str, Any], obs: Observer):
+    """peftkit's trainer builder, with the observers attached to the Trainer it returns."""
 
     def build_observed(*args, **kwargs):
         trainer = build(*args, **kwargs)
         observe(trainer, spec, obs)
         return trainer
 
+    return build_observed
+
+
+def run_peftkit_cls(spec: dict[str, Any]) -> dict[str, Any]:
+    import peftkit.train as train_mod
+
+    obs = Observer()
+    recipe = peftkit_recipe(spec)
     evaluate = train_mod.evaluate_with_trainer
 
     def timed_evaluate(*args, **kwargs):
@@ -314,21 +326,18 @@ def run_peftkit_cls(spec: dict[str, Any]) -> dict[str, Any]:
         obs.eval_s = time.perf_counter() - t
         return result
 
-    train_mod.build_trainer = build_observed
+    train_mod.build_trainer = observed_builder(train_mod.build_trainer, spec, obs)
     train_mod.evaluate_with_trainer = timed_evaluate
     started = time.perf_counter()
     metrics = train_mod.run(recipe)
-    args_used = training_args_summary(recipe)
+    args_used = training_args_summary(obs.trainer_args)
     return summarize(obs, spec, {"accuracy": metrics.get("accuracy"), "eval_examples": metrics.get("support_total"),
                                  "process_internal_s": round(time.perf_counter() - started, 1),
                                  "training_arguments": args_used})
 
 
-def training_args_summary(recipe) -> dict[str, Any]:
-    """The speed-relevant TrainingArguments peftkit actually used (after its speed defaults)."""
-    from peftkit.train import training_arguments
-
-    args = training_arguments(recipe, Path(recipe.output_dir))
+def training_args_summary(args) -> dict[str, Any]:
+    """The speed-relevant TrainingArguments the observed Trainer used (after peftkit's speed defaults)."""
     keys = ("train_sampling_strategy", "bf16", "fp16", "use_cpu", "torch_compile", "gradient_checkpointing",
             "per_device_train_batch_size", "learning_rate", "num_train_epochs", "max_steps")
     return {k: getattr(args, k, None) for k in keys}
@@ -489,25 +498,12 @@ def label_word_accuracy(model, tokenizer, rows: list[dict]) -> float:
 
 
 def run_peftkit_sft(spec: dict[str, Any]) -> dict[str, Any]:
-    """peftkit's SFT path (branch `sft`): its run() on a generative-classification recipe, observed."""
-    try:
-        import peftkit.sft_train as sft_mod
-    except ImportError as e:
-        raise SystemExit(f"peftkit's SFT path is not in this checkout ({e}); merge the sft branch first")
-    from peftkit.recipe import load_recipe
+    """peftkit's SFT path: its run() on a generative-classification recipe, observed."""
+    import peftkit.sft_train as sft_mod
 
     obs = Observer()
-    overrides = [f"output_dir={spec['workdir']}/run", "overwrite_output_dir=true", 'train.save_strategy="no"',
-                 f"evaluate.enabled={'true' if spec.get('evaluate') else 'false'}", *spec.get("overrides", [])]
-    recipe = load_recipe(REPO / spec["recipe"], overrides)
-    build = sft_mod.build_sft_trainer
-
-    def build_observed(*args, **kwargs):
-        trainer = build(*args, **kwargs)
-        observe(trainer, spec, obs)
-        return trainer
-
-    sft_mod.build_sft_trainer = build_observed
+    recipe = peftkit_recipe(spec)
+    sft_mod.build_sft_trainer = observed_builder(sft_mod.build_sft_trainer, spec, obs)
     metrics = sft_mod.run(recipe)
     return summarize(obs, spec, {"accuracy": metrics.get("accuracy"), "packing": recipe.train.get("packing")})
 

@@ -125,26 +125,9 @@ def load_classifier(model: ModelSection, quant: QuantizationSection, labels: lis
     """AutoModelForSequenceClassification with a new head of len(labels) classes."""
     from transformers import AutoModelForSequenceClassification
 
-    from peftkit.quantize import bnb_config, disable_cpu_weight_repacking, resolve_dtype
-
-    qconfig = bnb_config(quant, quant_storage)
-    kwargs = dict(
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        dtype=resolve_dtype(model.dtype),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if model.attn_implementation:
-        kwargs["attn_implementation"] = model.attn_implementation
-    if qconfig is not None:
-        kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = quantized_device_map()
-    net = _from_pretrained(AutoModelForSequenceClassification, source or local_path(model), model, **kwargs)
-    net.config.pad_token_id = tokenizer.pad_token_id
-    if quant.load_in_4bit:
-        disable_cpu_weight_repacking(net)
-    return net
+    return _load_model(AutoModelForSequenceClassification, model, quant, tokenizer, source, quant_storage,
+                       num_labels=len(labels), id2label=dict(enumerate(labels)),
+                       label2id={name: i for i, name in enumerate(labels)})
 
 
 def load_causal_lm(model: ModelSection, quant: QuantizationSection, tokenizer, source: str | None = None,
@@ -152,19 +135,27 @@ def load_causal_lm(model: ModelSection, quant: QuantizationSection, tokenizer, s
     """AutoModelForCausalLM (its own LM head: nothing new to train but the adapter), pad token set on the model."""
     from transformers import AutoModelForCausalLM
 
+    net = _load_model(AutoModelForCausalLM, model, quant, tokenizer, source, quant_storage)
+    if net.generation_config is not None:
+        net.generation_config.pad_token_id = tokenizer.pad_token_id
+    return net
+
+
+def _load_model(auto_class, model: ModelSection, quant: QuantizationSection, tokenizer, source: str | None,
+                quant_storage, **task_kwargs):
+    """from_pretrained with the model section's dtype and attention, bitsandbytes when asked, the tokenizer's pad
+    token on the config, and 4-bit layers kept off the CPU repacking that corrupts LoRA gradients."""
     from peftkit.quantize import bnb_config, disable_cpu_weight_repacking, resolve_dtype
 
     qconfig = bnb_config(quant, quant_storage)
-    kwargs = dict(dtype=resolve_dtype(model.dtype), pad_token_id=tokenizer.pad_token_id)
+    kwargs = dict(task_kwargs, dtype=resolve_dtype(model.dtype), pad_token_id=tokenizer.pad_token_id)
     if model.attn_implementation:
         kwargs["attn_implementation"] = model.attn_implementation
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = quantized_device_map()
-    net = _from_pretrained(AutoModelForCausalLM, source or local_path(model), model, **kwargs)
+    net = _from_pretrained(auto_class, source or local_path(model), model, **kwargs)
     net.config.pad_token_id = tokenizer.pad_token_id
-    if net.generation_config is not None:
-        net.generation_config.pad_token_id = tokenizer.pad_token_id
     if quant.load_in_4bit:
         disable_cpu_weight_repacking(net)
     return net

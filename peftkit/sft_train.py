@@ -98,18 +98,22 @@ def sft_arguments(recipe: Recipe, run_dir: Path):
     return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=trl_max_length(recipe), **kwargs)
 
 
+def unpacked_padding_free(recipe: Recipe) -> bool:
+    """Padding-free batches without packing: the batch's examples joined into one row, never truncated by TRL."""
+    return bool(recipe.train.get("padding_free") and not recipe.train.get("packing"))
+
+
 def trl_max_length(recipe: Recipe) -> int | None:
     """data.max_length, except for padding-free batches without packing: TRL cannot truncate those and refuses a
     max_length; the examples fit already (recipe validation allows this for generative_classification only, whose
     prompts peftkit fits to data.max_length, and run() re-checks the audit)."""
-    t = recipe.train
-    return None if t.get("padding_free") and not t.get("packing") else recipe.data.max_length
+    return None if unpacked_padding_free(recipe) else recipe.data.max_length
 
 
 def check_all_fit(causal: CausalData, recipe: Recipe) -> None:
     """Padding-free batches without packing are not truncated by TRL: stop if any training example is too long."""
-    t, report = recipe.train, causal.reports.get("train")
-    if t.get("padding_free") and not t.get("packing") and report is not None and report.truncated:
+    report = causal.reports.get("train")
+    if unpacked_padding_free(recipe) and report is not None and report.truncated:
         raise PeftkitError(f"train.padding_free without packing: {report.truncated} training examples are longer "
                            f"than data.max_length ({recipe.data.max_length}) and would not be cut; raise "
                            "data.max_length or set train.packing: true")
