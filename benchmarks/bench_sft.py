@@ -11,7 +11,7 @@ of rows and so the number of optimizer steps: compare time per epoch and useful 
 Arms (each in its own process):
   trl-packing-off  SFTTrainer defaults (padded batches, random order)                 -- the baseline
   trl-packing-on   SFTTrainer(packing=True): BFD packing, padding-free rows
-  peftkit-sft      peftkit.sft_train.run on recipes/sst2/smollm2_lora_gen.yaml with peftkit's speed defaults
+  peftkit-sft      peftkit.run.run on recipes/sst2/smollm2_lora_gen.yaml with peftkit's speed defaults
                    (packing + padding-free rows, bf16 autocast on CPUs with native bf16)
   peftkit-sft-ckpt the same with train.gradient_checkpointing=true (TRL's default; less memory, more time)
   peftkit-sft-fp32 the same with train.bf16=false: the bf16 lever off

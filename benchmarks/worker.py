@@ -2,14 +2,14 @@
 
 Started by benchmarks/common.py (never by hand). Kinds of run:
 
-* ``peftkit_cls``: the real ``peftkit.train.run(recipe)`` on a recipe with overrides, exactly as ``peftkit train``
+* ``peftkit_cls``: the real ``peftkit.run.run(recipe)`` on a recipe with overrides, exactly as ``peftkit train``
   runs it; the worker only observes (a timing callback, a collator wrapper that counts tokens).
 * ``hf_cls``: the baseline a user following the Hugging Face text-classification tutorial would write:
   AutoModelForSequenceClassification + LoraConfig(SEQ_CLS) + tokenizer truncation + DataCollatorWithPadding +
   plain Trainer defaults (fp32, random sampler). Hyperparameters (lr, batch size, epochs, LoRA) and the data
   subset are read from the same recipe, so both arms train on the same examples with the same settings.
 * ``trl_sft``: plain ``trl.SFTTrainer`` on SST-2 as prompt -> label word, packing off or on (from the spec).
-* ``peftkit_sft``: peftkit's own SFT path (``peftkit.sft_train.run``), observed the same way.
+* ``peftkit_sft``: peftkit's own SFT path (``peftkit.run.run`` on a generative recipe), observed the same way.
 
 Observation only: the timing covers ``Trainer.train`` from ``on_train_begin`` to ``on_train_end`` (compile
 warm-up included, model loading and tokenization excluded and reported separately). With ``stride: k`` the
@@ -314,11 +314,12 @@ def observed_builder(build, spec: dict[str, Any], obs: Observer):
 
 
 def run_peftkit_cls(spec: dict[str, Any]) -> dict[str, Any]:
-    import peftkit.train as train_mod
+    import peftkit.run as run_mod
+    import peftkit.tasks.classification as train_mod
 
     obs = Observer()
     recipe = peftkit_recipe(spec)
-    evaluate = train_mod.evaluate_with_trainer
+    evaluate = train_mod.evaluate
 
     def timed_evaluate(*args, **kwargs):
         t = time.perf_counter()
@@ -327,9 +328,9 @@ def run_peftkit_cls(spec: dict[str, Any]) -> dict[str, Any]:
         return result
 
     train_mod.build_trainer = observed_builder(train_mod.build_trainer, spec, obs)
-    train_mod.evaluate_with_trainer = timed_evaluate
+    train_mod.evaluate = timed_evaluate
     started = time.perf_counter()
-    metrics = train_mod.run(recipe)
+    metrics = run_mod.run(recipe)
     args_used = training_args_summary(obs.trainer_args)
     return summarize(obs, spec, {"accuracy": metrics.get("accuracy"), "eval_examples": metrics.get("support_total"),
                                  "process_internal_s": round(time.perf_counter() - started, 1),
@@ -499,12 +500,13 @@ def label_word_accuracy(model, tokenizer, rows: list[dict]) -> float:
 
 def run_peftkit_sft(spec: dict[str, Any]) -> dict[str, Any]:
     """peftkit's SFT path: its run() on a generative-classification recipe, observed."""
-    import peftkit.sft_train as sft_mod
+    import peftkit.run as run_mod
+    import peftkit.tasks.causal as sft_mod
 
     obs = Observer()
     recipe = peftkit_recipe(spec)
-    sft_mod.build_sft_trainer = observed_builder(sft_mod.build_sft_trainer, spec, obs)
-    metrics = sft_mod.run(recipe)
+    sft_mod.build_trainer = observed_builder(sft_mod.build_trainer, spec, obs)
+    metrics = run_mod.run(recipe)
     return summarize(obs, spec, {"accuracy": metrics.get("accuracy"), "packing": recipe.train.get("packing")})
 
 

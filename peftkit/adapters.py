@@ -1,7 +1,10 @@
-"""LoRA-family adapters through PEFT: config from the recipe, attach, report trainable parameters."""
+"""LoRA-family adapters through PEFT: config from the recipe, attach, report trainable parameters, save."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from peftkit.io import replace_dir_atomic, staging_dir
 from peftkit.recipe import AdapterSection
 
 # Heads a task model adds on top of the pretrained body: they start untrained, so they must be
@@ -51,3 +54,17 @@ def parameter_counts(model) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+
+
+def save_adapter(model, tokenizer, final_dir: Path) -> None:
+    """Write the adapter and tokenizer beside the old ones, then swap: a failure leaves the previous adapter."""
+    import shutil
+
+    tmp = staging_dir(final_dir)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        replace_dir_atomic(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

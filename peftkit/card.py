@@ -18,21 +18,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from peftkit.errors import PeftkitError
+from peftkit.tasks.cards import fmt as _fmt, is_number
+from peftkit.tasks.interface import TaskCard
 
-REQUIRED_RUN_FILES = ("recipe.yaml", "metrics.json", "train_summary.json", "label_map.json")
+REQUIRED_RUN_FILES = ("recipe.yaml", "metrics.json", "train_summary.json")
+LABELLED_TASKS = ("classification", "generative_classification")
 
 # Keys that may hold credentials (e.g. TrainingArguments.hub_token): never uploaded, never shown on a card.
 SECRET_KEYS = frozenset({"hub_token", "token", "hf_token", "use_auth_token", "api_key"})
 
-# (metrics.json key, model-index metric type, pretty name, metric args)
-AGGREGATE_METRICS = (
-    ("accuracy", "accuracy", "Accuracy", None),
-    ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
-    ("macro_precision", "precision", "Macro Precision", {"average": "macro"}),
-    ("macro_recall", "recall", "Macro Recall", {"average": "macro"}),
-)
-
-TASK_TYPE = "text-classification"
 
 
 @dataclass(frozen=True)
@@ -61,18 +55,22 @@ def load_run_record(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PeftkitError(f"run folder {run_dir} does not exist (expected the output_dir of `peftkit train`)")
-    missing = [name for name in REQUIRED_RUN_FILES if not (run_dir / name).is_file()]
+    recipe_file = run_dir / "recipe.yaml"
+    recipe = _read_mapping(recipe_file, yaml.safe_load) if recipe_file.is_file() else {}
+    labelled = recipe.get("task", "classification") in LABELLED_TASKS  # an sft run has no label map
+    required = REQUIRED_RUN_FILES + (("label_map.json",) if labelled else ())
+    missing = [name for name in required if not (run_dir / name).is_file()]
     if missing:
         raise PeftkitError(
             f"run folder {run_dir} is missing {', '.join(missing)}; "
-            "is it the output_dir of a finished `peftkit train` classification run?"
+            "is it the output_dir of a finished `peftkit train` run?"
         )
     return RunRecord(
         run_dir=run_dir,
-        recipe=_read_mapping(run_dir / "recipe.yaml", yaml.safe_load),
+        recipe=recipe,
         metrics=_read_mapping(run_dir / "metrics.json", json.loads),
         summary=_read_mapping(run_dir / "train_summary.json", json.loads),
-        label_map=_read_mapping(run_dir / "label_map.json", json.loads),
+        label_map=_read_mapping(run_dir / "label_map.json", json.loads) if labelled else {},
     )
 
 
@@ -169,16 +167,22 @@ def build_model_card(
     """Build the README.md for pushing RUN_DIR's adapter (or merged model) to `repo_id`.
 
     `base_model_id` overrides the base hub id found in the run folder (same rule as `peftkit push`).
-    The card is built by parsing its own text, so what is returned is exactly what the hub will read.
+    What is specific to the run's task (what the model does, its metrics, how to use it) comes from the task's
+    module; the card is built by parsing its own text, so what is returned is exactly what the hub will read.
     """
+    from peftkit.tasks import task_for
+
     run = load_run_record(run_dir)
     base_id, _ = resolve_base_hub_id(run, base_model_id)
-    data = _card_data(run, merged=merged, repo_id=repo_id, base_id=base_id)
-    body = _body(run, merged=merged, repo_id=repo_id, base_id=base_id)
+    task = task_for(run.recipe.get("task", "classification"))
+    told = task.card(run, merged=merged, repo_id=repo_id, base_id=base_id)
+    data = _card_data(run, told, task.CARD_METRICS, merged=merged, repo_id=repo_id, base_id=base_id)
+    body = _body(run, told, merged=merged, repo_id=repo_id, base_id=base_id)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _card_data(run: RunRecord, *, merged: bool, repo_id: str, base_id: str) -> ModelCardData:
+def _card_data(run: RunRecord, told: TaskCard, card_metrics, *, merged: bool, repo_id: str,
+               base_id: str) -> ModelCardData:
     """Hub metadata: what the model is, what it derives from, and the measured metrics."""
     dataset_id = hub_dataset_id(run)
     return ModelCardData(
@@ -187,11 +191,11 @@ def _card_data(run: RunRecord, *, merged: bool, repo_id: str, base_id: str) -> M
         base_model_relation="finetune" if merged else "adapter",
         datasets=[dataset_id] if dataset_id else None,
         license=_license(run),
-        pipeline_tag=TASK_TYPE,
-        tags=_tags(run, merged=merged),
-        metrics=[metric_type for key, metric_type, _, _ in AGGREGATE_METRICS if _number(run.metrics.get(key))],
+        pipeline_tag=told.pipeline_tag,
+        tags=_tags(run, told, merged=merged),
+        metrics=[metric_type for key, metric_type, _, _ in card_metrics if is_number(run.metrics.get(key))],
         model_name=repo_id,
-        eval_results=_eval_results(run) or None,
+        eval_results=_eval_results(run, told, card_metrics) or None,
     )
 
 
@@ -200,30 +204,31 @@ def _license(run: RunRecord) -> str | None:
     return run.recipe.get("license") or run.summary.get("base_model_license")
 
 
-def _tags(run: RunRecord, *, merged: bool) -> list[str]:
+def _quantization_mode(run: RunRecord) -> str | None:
+    """4-bit or 8-bit, as the recipe's quantization section says; None for a full-precision base."""
+    quant = run.section("quantization")
+    return "4-bit" if quant.get("load_in_4bit") else "8-bit" if quant.get("load_in_8bit") else None
+
+
+def _tags(run: RunRecord, told: TaskCard, *, merged: bool) -> list[str]:
     """Hub tags: the toolkit, the method (LoRA, plus DoRA / QLoRA when used) and the task."""
     adapter = run.section("adapter")
-    tags = ["peftkit", "lora", TASK_TYPE]
+    tags = ["peftkit", "lora", told.pipeline_tag]
     if adapter.get("use_dora"):
         tags.append("dora")
-    if run.section("quantization").get("mode") == "4bit":
+    if _quantization_mode(run) == "4-bit":
         tags.append("qlora")
     tags.append("merged" if merged else "peft-adapter")
     return tags
 
 
-def _number(value: Any) -> bool:
-    """True for a real metric value (bools and missing values are not metrics)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _eval_results(run: RunRecord) -> list[EvalResult]:
+def _eval_results(run: RunRecord, told: TaskCard, card_metrics) -> list[EvalResult]:
     """One EvalResult per aggregate metric in metrics.json, all on the same dataset and split."""
     dataset_name = _eval_dataset_name(run)
     return [
         EvalResult(
-            task_type=TASK_TYPE,
-            task_name="Text Classification",
+            task_type=told.pipeline_tag,
+            task_name=told.pipeline_tag.replace("-", " ").title(),
             dataset_type=dataset_name,
             dataset_name=dataset_name,
             dataset_split=run.metrics.get("split"),
@@ -232,8 +237,8 @@ def _eval_results(run: RunRecord) -> list[EvalResult]:
             metric_value=run.metrics[key],
             metric_args=args,
         )
-        for key, metric_type, pretty, args in AGGREGATE_METRICS
-        if _number(run.metrics.get(key))
+        for key, metric_type, pretty, args in card_metrics
+        if is_number(run.metrics.get(key))
     ]
 
 
@@ -243,43 +248,39 @@ def _eval_dataset_name(run: RunRecord) -> str:
     return hub_dataset_id(run) or (Path(str(data_file)).name if data_file else "unknown")
 
 
-def _body(run: RunRecord, *, merged: bool, repo_id: str, base_id: str) -> str:
+def _body(run: RunRecord, told: TaskCard, *, merged: bool, repo_id: str, base_id: str) -> str:
     """The Markdown body, section by section."""
     sections = [
-        _summary_section(run, merged=merged, repo_id=repo_id, base_id=base_id),
+        _summary_section(run, told, merged=merged, repo_id=repo_id, base_id=base_id),
         _data_section(run),
-        _metrics_section(run),
-        _usage_section(run, merged=merged, repo_id=repo_id, base_id=base_id),
+        told.evaluation,
+        told.usage,
         _recipe_section(run),
         _training_section(run),
-        _limitations_section(run, merged=merged),
+        _limitations_section(run, told, merged=merged),
     ]
     return "\n\n".join(sections) + "\n"
 
 
-def _summary_section(run: RunRecord, *, merged: bool, repo_id: str, base_id: str) -> str:
+def _summary_section(run: RunRecord, told: TaskCard, *, merged: bool, repo_id: str, base_id: str) -> str:
     adapter = run.section("adapter")
     kind = "a full model with a LoRA adapter merged into its weights" if merged else "a LoRA adapter"
     method = "DoRA" if adapter.get("use_dora") else "LoRA"
-    labels = ", ".join(f"`{label}`" for label in run.labels)
     return (
         f"# {repo_id.split('/')[-1]}\n\n"
-        f"This repository holds {kind} for **text classification** into {len(run.labels)} classes "
-        f"({labels}), fine-tuned from [`{base_id}`](https://huggingface.co/{base_id}) with {method} "
-        "using peftkit.\n\n"
+        f"This repository holds {kind} for {told.what}, fine-tuned from "
+        f"[`{base_id}`](https://huggingface.co/{base_id}) with {method} using peftkit.\n\n"
         f"- **Base model:** [`{base_id}`](https://huggingface.co/{base_id})\n"
-        f"- **Task:** {run.recipe.get('task', 'classification')} (sequence classification head)\n"
+        f"- **Task:** {told.task_line}\n"
         f"- **Method:** {method}, rank {adapter.get('r', '?')}, alpha {adapter.get('lora_alpha', '?')}"
         f"{_quantization_note(run)}\n"
-        f"- **Eval accuracy:** {_fmt(run.metrics.get('accuracy'))}, "
-        f"macro F1: {_fmt(run.metrics.get('macro_f1'))} "
-        f"(on {run.metrics.get('num_examples', '?')} evaluation examples)"
+        f"- {told.headline}"
     )
 
 
 def _quantization_note(run: RunRecord) -> str:
-    mode = run.section("quantization").get("mode", "none")
-    return "" if mode in (None, "none") else f", trained on a {mode} quantized base (QLoRA-style)"
+    mode = _quantization_mode(run)
+    return "" if mode is None else f", trained on a {mode} quantized base (QLoRA-style)"
 
 
 def _data_section(run: RunRecord) -> str:
@@ -300,93 +301,13 @@ def _data_section(run: RunRecord) -> str:
     return "\n".join(lines)
 
 
-def _metrics_section(run: RunRecord) -> str:
-    metrics = run.metrics
-    evaluated = Path(str(metrics["data_file"])).name if metrics.get("data_file") else "the eval data"
-    lines = [
-        "## Evaluation",
-        "",
-        f"Measured by `peftkit` on the `{metrics.get('split', 'eval')}` split ({evaluated}, "
-        f"{metrics.get('num_examples', '?')} examples) after training; these are the numbers in "
-        "`metrics.json` and in the `model-index` metadata above.",
-        "",
-        "| Metric | Value |",
-        "| --- | --- |",
-        *[f"| {pretty} | {_fmt(metrics.get(key))} |" for key, _, pretty, _ in AGGREGATE_METRICS],
-        "",
-        "Per class:",
-        "",
-        "| Label | Precision | Recall | F1 | Support |",
-        "| --- | --- | --- | --- | --- |",
-    ]
-    for label, scores in (metrics.get("per_class") or {}).items():
-        lines.append(
-            f"| {_cell(label)} | {_fmt(scores.get('precision'))} | {_fmt(scores.get('recall'))} "
-            f"| {_fmt(scores.get('f1'))} | {scores.get('support', '')} |"
-        )
-    matrix = metrics.get("confusion_matrix")
-    if matrix:
-        lines += ["", _confusion_table(metrics.get("labels") or run.labels, matrix)]
-    return "\n".join(lines)
-
-
-def _confusion_table(labels: list[str], matrix: list[list[int]]) -> str:
-    """Confusion matrix as a Markdown table: rows are true labels, columns predicted labels."""
-    header = "| true \\ predicted | " + " | ".join(_cell(label) for label in labels) + " |"
-    rule = "| --- " * (len(labels) + 1) + "|"
-    rows = [f"| {_cell(label)} | " + " | ".join(str(n) for n in row) + " |" for label, row in zip(labels, matrix)]
-    return "Confusion matrix (rows: true label, columns: predicted label):\n\n" + "\n".join([header, rule, *rows])
-
-
-def _usage_section(run: RunRecord, *, merged: bool, repo_id: str, base_id: str) -> str:
-    if merged:
-        return (
-            "## How to use\n\n"
-            "The adapter is merged into the weights, so this loads with plain `transformers` "
-            "(no `peft` needed); the label names are in the config.\n\n"
-            "```python\n"
-            "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n"
-            f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")\n'
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
-            'print(classifier("Your text here"))\n'
-            "```"
-        )
-    id2label = dict(enumerate(run.labels))
-    label2id = {label: i for i, label in id2label.items()}
-    head_kwargs = f"num_labels={len(id2label)},\n    id2label={id2label!r},\n    label2id={label2id!r},"
-    return (
-        "## How to use\n\n"
-        f"This is a PEFT adapter: `peft` downloads the base model (`{base_id}`) and applies it. The "
-        "classification head is stored in the adapter, so pass the label set when loading (a size "
-        "mismatch error means it was left out); a warning that `score.weight` is newly initialized "
-        "is expected, the adapter then restores it.\n\n"
-        "```python\n"
-        "from peft import AutoPeftModelForSequenceClassification\n"
-        "from transformers import AutoTokenizer\n\n"
-        "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
-        f'    "{repo_id}",\n    {head_kwargs}\n)\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
-        "model.config.pad_token_id = tokenizer.pad_token_id\n"
-        "```\n\n"
-        "Or on a base model you already loaded:\n\n"
-        "```python\n"
-        "from peft import PeftModel\n"
-        "from transformers import AutoModelForSequenceClassification\n\n"
-        "base = AutoModelForSequenceClassification.from_pretrained(\n"
-        f'    "{base_id}",\n    {head_kwargs}\n)\n'
-        f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
-        "```"
-    )
-
-
 def _recipe_section(run: RunRecord) -> str:
-    adapter, quant, train = run.section("adapter"), run.section("quantization"), run.section("train")
+    adapter, train = run.section("adapter"), run.section("train")
     highlights = [
         f"- **Adapter:** r={adapter.get('r')}, lora_alpha={adapter.get('lora_alpha')}, "
         f"lora_dropout={adapter.get('lora_dropout')}, target_modules={adapter.get('target_modules')}, "
         f"use_dora={adapter.get('use_dora', False)}, use_rslora={adapter.get('use_rslora', False)}",
-        f"- **Quantization:** {quant.get('mode', 'none')}",
+        f"- **Quantization:** {_quantization_mode(run) or 'none'}",
         f"- **Training:** learning_rate={train.get('learning_rate')}, "
         f"num_train_epochs={train.get('num_train_epochs')}, "
         f"per_device_train_batch_size={train.get('per_device_train_batch_size')}, seed={train.get('seed')}",
@@ -405,38 +326,37 @@ def _recipe_section(run: RunRecord) -> str:
 def _training_section(run: RunRecord) -> str:
     summary = run.summary
     trainable, total = summary.get("trainable_params"), summary.get("total_params")
-    share = f" ({100 * trainable / total:.3g}% of {total:,})" if _number(trainable) and total else ""
+    share = f" ({100 * trainable / total:.3g}% of {total:,})" if is_number(trainable) and total else ""
     lines = [
         "## Training hardware and time",
         "",
         f"- **Hardware:** {summary.get('hardware', 'not recorded')}",
         f"- **Wall time:** {_fmt_seconds(summary.get('wall_time_s'))}; trainer runtime "
-        f"{_fmt_seconds(summary.get('train_runtime'))} over {summary.get('global_step', '?')} optimizer steps",
+        f"{_fmt_seconds(summary.get('train_runtime_s'))} over {summary.get('global_step', '?')} optimizer steps",
         f"- **Peak memory (RSS):** {_fmt(summary.get('peak_rss_mb'), 0)} MB",
-        f"- **Trainable parameters:** {f'{trainable:,}{share}' if _number(trainable) else 'not recorded'}",
+        f"- **Trainable parameters:** {f'{trainable:,}{share}' if is_number(trainable) else 'not recorded'}",
         f"- **peftkit version:** {summary.get('peftkit_version', 'not recorded')}",
     ]
     return "\n".join(lines)
 
 
-def _limitations_section(run: RunRecord, *, merged: bool) -> str:
+def _limitations_section(run: RunRecord, told: TaskCard, *, merged: bool) -> str:
     n = run.metrics.get("num_examples")
-    quant_mode = run.section("quantization").get("mode", "none")
+    quant_mode = _quantization_mode(run)
     lines = [
         "## Limitations",
         "",
         f"- The metrics come from a single evaluation on {n if n is not None else 'an unknown number of'} "
         f"examples ({_eval_dataset_name(run)}); expect different numbers on text unlike it, and wide "
         "uncertainty when the evaluation set is small.",
-        f"- The model can only output the {len(run.labels)} labels it was trained on; it has no "
-        "'none of these' option.",
+        *told.limits,
         "- It inherits the biases and the language coverage of the base model and of the training data, "
         "which were not audited.",
     ]
     max_length = run.section("data").get("max_length")
     if max_length:
         lines.append(f"- Inputs longer than {max_length} tokens were truncated in training and evaluation.")
-    if quant_mode not in (None, "none"):
+    if quant_mode is not None:
         target = "merged into full-precision weights" if merged else "applied to a full-precision base"
         lines.append(
             f"- The adapter was trained against a {quant_mode} quantized base; {target}, its outputs can "
@@ -445,16 +365,7 @@ def _limitations_section(run: RunRecord, *, merged: bool) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if _number(value) else "n/a"
-
-
 def _fmt_seconds(value: Any) -> str:
-    if not _number(value):
+    if not is_number(value):
         return "not recorded"
     return f"{value:.0f} s" if value < 120 else f"{value:.0f} s ({value / 60:.1f} min)"
-
-
-def _cell(text: Any) -> str:
-    """Escape a value for a Markdown table cell (a `|` in a label would split the cell)."""
-    return str(text).replace("|", "\\|")

@@ -140,7 +140,7 @@ def cmd_train(args) -> int:
     from peftkit.recipe import load_recipe
 
     recipe = load_recipe(*resolve_recipe_args(args))
-    from peftkit.train import run
+    from peftkit.run import run
 
     try:
         run(recipe, resume=args.resume)
@@ -162,9 +162,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from peftkit.evaluate import evaluate_run
+    from peftkit.run import evaluate_saved_run
 
-    evaluate_run(args.run_dir, args.data)
+    evaluate_saved_run(args.run_dir, args.data)
     return 0
 
 

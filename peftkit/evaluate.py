@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftkit.io import write_json_atomic, write_text_atomic
-from peftkit.recipe import CAUSAL_TASKS
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "eval_report.txt"
@@ -88,41 +87,3 @@ def plot_confusion_matrix(metrics: dict[str, Any], path: Path) -> None:
         raise
     finally:
         plt.close(fig)
-
-
-def evaluate_run(run_dir: str | Path, data_file: str | None = None) -> dict[str, Any]:
-    """`peftkit evaluate`: the trained adapter of a run folder on its eval split or on another file."""
-    import tempfile
-
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from peftkit.data import format_report, load_classification_data, tokenize_split
-    from peftkit.model import load_trained_classifier
-    from peftkit.runfolder import label_names_of, load_run
-    from peftkit.train import evaluate_with_trainer
-
-    run_dir, recipe = load_run(run_dir)
-    if recipe.task in CAUSAL_TASKS:  # scored by the causal LM itself, not a classification head
-        from peftkit.generative import evaluate_causal_run
-
-        return evaluate_causal_run(run_dir, recipe, data_file)
-    labels = label_names_of(run_dir)
-    recipe.data.label_names = labels
-    data = load_classification_data(recipe.data, recipe.seed, eval_file=data_file)
-    tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, labels)
-    eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
-    print(format_report(data), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=recipe.evaluate.batch_size,
-                                 report_to=[])
-        trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
-                          processing_class=tokenizer)
-        metrics = evaluate_with_trainer(trainer, eval_ds, labels)
-    metrics["data_file"] = data.reports["eval"].source
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
-    if trainer.is_world_process_zero():
-        write_metrics(out_dir, metrics)
-        print(format_metrics(metrics), flush=True)
-        print(f"written to {out_dir}", flush=True)
-    return metrics
-

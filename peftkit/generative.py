@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
-from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
-from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.evaluate import classification_metrics
 from peftkit.sft_data import IGNORE, CausalData, Encoded, Encoder, completion_part
 
 SCORING = "sum of the label completion's token log-probabilities (EOS included)"
@@ -191,49 +189,3 @@ def evaluate_lm_loss(model, encoder: Encoder, causal: CausalData, max_length: in
 def format_lm_metrics(metrics: dict[str, Any]) -> str:
     return (f"eval loss {metrics['eval_loss']:.4f}   perplexity {metrics['perplexity']:.2f}   "
             f"({metrics['num_examples']} examples, {metrics['loss_tokens']:,} loss tokens)")
-
-
-def write_causal_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
-    """The classification files (metrics.json, report, confusion matrix) or, for SFT, metrics.json and a report.
-    Returns the readable report."""
-    if "confusion_matrix" in metrics:
-        write_metrics(out_dir, metrics)
-        return format_metrics(metrics)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    text = format_lm_metrics(metrics)
-    write_text_atomic(out_dir / "eval_report.txt", text + "\n")
-    return text
-
-
-def evaluate_causal(recipe, model, encoder: Encoder, causal: CausalData) -> dict[str, Any]:
-    """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
-    if recipe.task == "generative_classification":
-        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size)
-    else:
-        metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
-    metrics["split"] = "eval"
-    metrics["data_file"] = causal.reports["eval"].source
-    return metrics
-
-
-def evaluate_causal_run(run_dir: Path, recipe, data_file: str | None = None) -> dict[str, Any]:
-    """`peftkit evaluate` on a causal-LM run (folder and recipe from ``load_run``): its adapter on the eval split,
-    or on another file."""
-    from peftkit.model import load_trained_causal_lm
-    from peftkit.runfolder import LABEL_MAP_FILE, label_names_of
-    from peftkit.sft_data import format_causal_report, load_causal_data, prepare_examples, truncation_length
-
-    if (run_dir / LABEL_MAP_FILE).is_file():
-        recipe.data.label_names = label_names_of(run_dir)
-    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=data_file)
-    causal.splits = {"eval": causal.splits["eval"]}
-    causal.reports = {"eval": causal.reports["eval"]}
-    tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
-    encoder = prepare_examples(recipe, tokenizer, causal)
-    print(format_causal_report(causal, truncation_length(recipe)), flush=True)
-    metrics = evaluate_causal(recipe, model, encoder, causal)
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
-    print(write_causal_metrics(out_dir, metrics), flush=True)
-    print(f"written to {out_dir}", flush=True)
-    return metrics

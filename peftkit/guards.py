@@ -14,10 +14,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from peftkit.checkpoints import COMPLETE_MARKER, complete_checkpoints_in
 from peftkit.errors import PeftkitError
 from peftkit.io import write_text_atomic
-
-COMPLETE_MARKER = ".peftkit-complete"
 
 
 class MarkCompleteCheckpoints(TrainerCallback):
@@ -50,8 +49,6 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
     def rotate(self, output_dir: Path, best: str | None) -> list[Path]:
         """Delete the oldest complete checkpoints beyond `keep` (never the newest, never the best)."""
-        from peftkit.runfolder import complete_checkpoints_in
-
         if self.keep is None:
             return []
         complete = complete_checkpoints_in(output_dir)

@@ -99,3 +99,12 @@ def quantized_linear_weights(model):
             if scales is None:
                 raise PeftkitError(f"8-bit layer {name} has no quantization scales (SCB); cannot dequantize it")
             yield name, bnb.functional.int8_vectorwise_dequant(weight.data, scales).to(torch.float32)
+
+
+def quant_storage_for(quant: QuantizationSection):
+    """FSDP and ZeRO-3 shard 4-bit weights only when they are stored in the compute dtype."""
+    from peftkit.distributed import quant_storage_dtype_for_launch
+
+    if not quant.load_in_4bit:
+        return None
+    return quant_storage_dtype_for_launch(resolve_dtype(quant.bnb_4bit_compute_dtype))

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from peftkit.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
 from peftkit.errors import PeftkitError
 from peftkit.io import write_json_atomic, write_yaml_atomic
 from peftkit.recipe import Recipe, recipe_from_dict, validate
@@ -176,24 +177,8 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return complete_checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
 
 
-def checkpoint_folders(folder: Path) -> list[Path]:
-    """checkpoint-N folders in the Trainer's output folder, by step."""
-    folder = Path(folder)
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()] \
-        if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
-
-
-def complete_checkpoints_in(folder: Path) -> list[Path]:
-    from peftkit.guards import COMPLETE_MARKER
-
-    return [p for p in checkpoint_folders(folder) if (p / COMPLETE_MARKER).is_file()]
-
-
 def incomplete_checkpoints(run_dir: Path) -> list[Path]:
-    from peftkit.guards import COMPLETE_MARKER
-
-    return [p for p in checkpoint_folders(Path(run_dir) / CHECKPOINT_DIR) if not (p / COMPLETE_MARKER).is_file()]
+    return incomplete_checkpoints_in(Path(run_dir) / CHECKPOINT_DIR)
 
 
 def remove_incomplete_checkpoints(run_dir: Path, why: str) -> None:

@@ -23,7 +23,7 @@ Measured and ON by default
   on CPU it is pure waste (SST-2, batches of 16, length-grouped: 27% of the epoch's positions were padding with
   multiples of 8, 8% without).
 * Packing with padding-free rows for SFT is decided in ``peftkit.recipe`` (on where the attention keeps packed
-  sequences apart) and checked on the real model at the start of each run (``peftkit.sft_train``).
+  sequences apart) and checked on the real model at the start of each run (``peftkit.packing``).
 
 Measured and OFF (left to the recipe)
 * ``torch_compile``: on this CPU its warm-up (two compiles, ~25 minutes) is paid back only after thousands of

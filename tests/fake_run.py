@@ -80,7 +80,7 @@ def _write_run_files(run_dir: Path, base_dir: Path) -> None:
         "task": "classification",
         "output_dir": str(run_dir),
         "model": {"name_or_path": str(base_dir), "dtype": "float32"},
-        "quantization": {"mode": "none"},
+        "quantization": {"load_in_4bit": False, "load_in_8bit": False},
         "adapter": {"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"],
                     "use_dora": False, "use_rslora": False},
         "data": {"train_file": "/home/someone/data/sentiment_train.jsonl",

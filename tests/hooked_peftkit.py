@@ -45,7 +45,7 @@ def install_hang_in_save(signal_file: str) -> None:
 
 
 def nan_build_trainer(real_build, steps: set[int], rank: int | None):
-    """peftkit.train.build_trainer, plus a forward hook that makes the loss of `steps` NaN (on `rank`, or all)."""
+    """A task's build_trainer (peftkit.tasks.classification), plus a forward hook that makes the loss of `steps` NaN (on `rank`, or all)."""
 
     def build_trainer_with_nan(*args, **kwargs):
         trainer = real_build(*args, **kwargs)
@@ -64,9 +64,9 @@ def nan_build_trainer(real_build, steps: set[int], rank: int | None):
 
 
 def install_nan_steps(steps: set[int], rank: int | None) -> None:
-    import peftkit.train
+    import peftkit.tasks.classification as task
 
-    peftkit.train.build_trainer = nan_build_trainer(peftkit.train.build_trainer, steps, rank)
+    task.build_trainer = nan_build_trainer(task.build_trainer, steps, rank)
 
 
 def main() -> int:

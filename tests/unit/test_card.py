@@ -134,10 +134,10 @@ def test_hub_dataset_and_license_become_metadata(run_dir):
 
 
 def test_quantized_training_is_tagged_and_explained(run_dir):
-    _edit_recipe(run_dir, "quantization", mode="4bit")
+    _edit_recipe(run_dir, "quantization", load_in_4bit=True)  # the recipe's own key (a fake `mode` key hid a bug)
     card = build_model_card(run_dir, merged=False, repo_id=REPO_ID)
     assert "qlora" in card.data.tags
-    assert "4bit quantized base" in card.text
+    assert "4-bit quantized base" in card.text
 
 
 def test_unknown_base_model_asks_for_base_model_id(run_dir):

@@ -23,7 +23,8 @@ import yaml
 from safetensors.torch import load_file
 
 import peftkit.model
-import peftkit.train
+import peftkit.run
+import peftkit.tasks.classification
 from peftkit.cli import main
 from tests.conftest import tiny_recipe, write_recipe
 
@@ -244,7 +245,7 @@ def no_model_loading(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was found")
 
-    for module, name in ((peftkit.train, "load_classifier"), (peftkit.train, "load_tokenizer"),
+    for module, name in ((peftkit.tasks.classification, "load_classifier"), (peftkit.run, "load_tokenizer"),
                          (peftkit.model, "load_trained_classifier")):
         monkeypatch.setattr(module, name, tripwire)
 

@@ -9,7 +9,7 @@ from peftkit.adapters import attach_adapter
 from peftkit.errors import PeftkitError
 from peftkit.model import load_classifier, load_tokenizer, load_trained_classifier, resolve_model_source
 from peftkit.recipe import AdapterSection, ModelSection, QuantizationSection
-from peftkit.train import save_adapter
+from peftkit.adapters import save_adapter
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés", "meh"]

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import peftkit.train
+import peftkit.adapters
+import peftkit.tasks.classification
 from peftkit.cli import main
 from peftkit.guards import COMPLETE_MARKER, MarkCompleteCheckpoints
 from peftkit.io import replace_dir_atomic, storage_error, write_json_atomic
@@ -91,7 +92,7 @@ def test_skipped_batches_are_counted_across_a_resume(tiny_llama_dir, sst2_small,
     recipe["train"].update(max_steps=6, save_strategy="steps", save_steps=1, save_total_limit=10)
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
     run_dir = tmp_path / "run"
-    with_nan = nan_build_trainer(peftkit.train.build_trainer, {2, 4}, None)
+    with_nan = nan_build_trainer(peftkit.tasks.classification.build_trainer, {2, 4}, None)
 
     def nan_then_sigterm_at_step_5(*args, **kwargs):
         trainer = with_nan(*args, **kwargs)
@@ -99,10 +100,10 @@ def test_skipped_batches_are_counted_across_a_resume(tiny_llama_dir, sst2_small,
             lambda module, inputs: os.kill(os.getpid(), signal.SIGTERM) if trainer.state.global_step == 4 else None)
         return trainer
 
-    monkeypatch.setattr(peftkit.train, "build_trainer", nan_then_sigterm_at_step_5)
+    monkeypatch.setattr(peftkit.tasks.classification, "build_trainer", nan_then_sigterm_at_step_5)
     assert main(["train", str(path)]) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM at step 5" in capsys.readouterr().err
-    monkeypatch.setattr(peftkit.train, "build_trainer", with_nan)
+    monkeypatch.setattr(peftkit.tasks.classification, "build_trainer", with_nan)
     assert main(["train", str(path), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resuming from" in out and "checkpoint-5" in out
@@ -138,7 +139,7 @@ def test_failure_in_the_middle_of_save_adapter_keeps_the_previous_adapter(tmp_pa
             raise HalfWrittenThenFails("disk gone")
 
     with pytest.raises(HalfWrittenThenFails):
-        peftkit.train.save_adapter(Model(), None, final)
+        peftkit.adapters.save_adapter(Model(), None, final)
     assert {p.name: p.read_bytes() for p in final.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"], "the staging folder was left behind"
 
@@ -263,7 +264,7 @@ def test_trainer_rotation_is_off_and_peftkit_rotation_gets_the_recipe_limit(tiny
 
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_llama_dir, sst2_small, tmp_path / "run")),
                          ["train.save_total_limit=3"])
-    args = peftkit.train.training_arguments(recipe, tmp_path / "run")
+    args = peftkit.tasks.classification.training_arguments(recipe, tmp_path / "run")
     assert args.save_total_limit is None
     assert recipe.to_dict()["train"]["save_total_limit"] == 3, "the resolved recipe keeps the user's value"
 

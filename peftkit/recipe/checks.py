@@ -1,0 +1,175 @@
+"""Checks across fields of a recipe: cheap, before any model or data is loaded."""
+
+from __future__ import annotations
+
+import re
+import typing
+
+from peftkit.errors import PeftkitError
+from peftkit.recipe.sections import CAUSAL_TASKS, DTYPES, SFT_FORMATS, TASKS, DataSection, Recipe
+
+
+
+def validate(recipe: Recipe) -> None:
+    where = recipe.source or "<recipe>"
+    m, q, a, d, t = recipe.model, recipe.quantization, recipe.adapter, recipe.data, recipe.train
+
+    def fail(message: str) -> typing.NoReturn:
+        raise PeftkitError(f"{where}: {message}")
+
+    if recipe.task not in TASKS:
+        fail(f"'task' must be one of {', '.join(TASKS)}, got {recipe.task!r}")
+    if not recipe.output_dir:
+        fail("'output_dir' is empty; name the run folder, e.g. runs/sst2-smollm2")
+    if not m.name_or_path:
+        fail("'model.name_or_path' is required: a hub id, a local folder or packaged:<name>")
+    if m.dtype not in DTYPES:
+        fail(f"'model.dtype' must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
+    if m.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
+        fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or flash_attention_2")
+
+    if q.load_in_4bit and q.load_in_8bit:
+        fail("'quantization.load_in_4bit' and 'quantization.load_in_8bit' are both true; choose one")
+    if q.bnb_4bit_compute_dtype not in DTYPES:
+        fail(f"'quantization.bnb_4bit_compute_dtype' must be one of {', '.join(DTYPES)}")
+    if q.bnb_4bit_quant_storage not in (None, "uint8", "float32", "bfloat16", "float16"):
+        fail("'quantization.bnb_4bit_quant_storage' must be uint8, float32, bfloat16 or float16")
+
+    if a.r <= 0:
+        fail(f"'adapter.r' must be a positive integer, got {a.r}")
+    if a.lora_alpha <= 0:
+        fail(f"'adapter.lora_alpha' must be positive, got {a.lora_alpha}")
+    if not 0 <= a.lora_dropout < 1:
+        fail(f"'adapter.lora_dropout' must be in [0, 1), got {a.lora_dropout}")
+    if isinstance(a.target_modules, list) and not a.target_modules:
+        fail("'adapter.target_modules' is an empty list; use all-linear or name the modules (q_proj, v_proj, ...)")
+    init = a.init_lora_weights
+    if isinstance(init, str) and init not in ("gaussian", "pissa", "olora", "loftq", "eva", "orthogonal", "corda") and not init.startswith("pissa_niter_"):
+        fail(f"'adapter.init_lora_weights' {init!r} is not a PEFT init method; use true, gaussian, pissa, olora, ...")
+    if q.enabled and isinstance(init, str) and init.split("_")[0] in ("pissa", "olora", "loftq", "corda"):
+        fail(f"'adapter.init_lora_weights: {init}' rewrites the base weights and cannot start from a quantized base; "
+             "drop 'quantization' (PEFT quantizes the residual itself for loftq) or use the default init")
+    if a.use_dora and q.load_in_8bit:
+        # PEFT's DoRA needs the dequantized base weight norm each step; on 8-bit it is slow and unsupported for merge.
+        fail("'adapter.use_dora' with 'quantization.load_in_8bit' is not supported; use load_in_4bit (QDoRA) or no quantization")
+
+    if d.dataset is None and d.train_file is None:
+        fail("'data' needs 'train_file' (a local csv/tsv/jsonl/parquet file) or 'dataset' (a hub dataset id)")
+    if d.dataset is not None and d.train_file is not None:
+        fail("'data.dataset' and 'data.train_file' are both set; choose hub or local data")
+    if not d.has_header and not d.column_names:
+        fail("'data.has_header' is false: give 'data.column_names' (e.g. [text, label])")
+    if d.column_names and d.has_header:
+        fail("'data.column_names' is only for files without a header; set 'data.has_header: false'")
+    if d.max_length < 8:
+        fail(f"'data.max_length' must be at least 8 tokens, got {d.max_length}")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(d, key)
+        if value is not None and value <= 0:
+            fail(f"'data.{key}' must be a positive integer or null, got {value}")
+    if not 0 < d.eval_fraction < 1:
+        fail(f"'data.eval_fraction' must be between 0 and 1, got {d.eval_fraction}")
+    if d.label_names is not None:
+        if len(d.label_names) < 2:
+            fail("'data.label_names' needs at least two classes")
+        if len(set(d.label_names)) != len(d.label_names):
+            fail("'data.label_names' has duplicates")
+    if recipe.safety.max_skipped_batches < 0:
+        fail("'safety.max_skipped_batches' must be 0 or more")
+    if recipe.evaluate.batch_size <= 0:
+        fail("'evaluate.batch_size' must be positive")
+    if recipe.task in CAUSAL_TASKS:
+        validate_causal(recipe, fail)
+    else:
+        for key in ("prompt_template", "completion_template", "label_words", "use_chat_template"):
+            if getattr(d, key) != getattr(DataSection, key):
+                fail(f"'data.{key}' is for causal-LM tasks (task: sft or generative_classification), "
+                     f"not task: {recipe.task}")
+        if d.format != "classification":
+            fail(f"'data.format: {d.format}' needs task: sft; task: {recipe.task} reads classification data")
+
+    mg = recipe.merge
+    if mg.verify_samples is not None and mg.verify_samples <= 0:
+        fail(f"'merge.verify_samples' must be a positive integer or null (the whole eval split), got {mg.verify_samples}")
+    if not 0 <= mg.max_accuracy_drop <= 1:
+        fail(f"'merge.max_accuracy_drop' must be between 0 and 1 (a fraction, 0.005 = half a point), "
+             f"got {mg.max_accuracy_drop}")
+    if not re.fullmatch(r"\d+(GB|MB|KB|GiB|MiB|KiB)", mg.max_shard_size):
+        fail(f"'merge.max_shard_size' must be an integer with a unit, e.g. 5GB or 500MB, got {mg.max_shard_size!r}")
+    if mg.base == "dequantized" and not q.enabled:
+        fail("'merge.base: dequantized' needs a quantized run (quantization.load_in_4bit or load_in_8bit); "
+             "an unquantized run merges into its original weights (base: original or auto)")
+
+    for key in ("learning_rate",):
+        if float(t.get(key, 1)) <= 0:
+            fail(f"'train.{key}' must be positive, got {t[key]}")
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if key in t and int(t[key]) <= 0:
+            fail(f"'train.{key}' must be a positive integer, got {t[key]}")
+    if t.get("bf16") and t.get("fp16"):
+        fail("'train.bf16' and 'train.fp16' are both true; choose one")
+
+
+def validate_causal(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """Checks for task sft / generative_classification: format, templates, loss masks, packing."""
+    d, t = recipe.data, recipe.train
+    if recipe.task == "generative_classification" and d.format != "classification":
+        fail(f"task generative_classification reads classification data (text + label): set data.format: "
+             f"classification, not {d.format}")
+    if recipe.task == "sft" and d.format not in SFT_FORMATS:
+        fail(f"task sft needs 'data.format' {', '.join(SFT_FORMATS)}; to predict labels from classification data "
+             "use task: generative_classification")
+    for key in ("prompt_template", "completion_template"):
+        template = getattr(d, key)
+        if template is not None:
+            check_template(template, f"data.{key}", fail)
+    if d.format in ("text", "messages"):
+        for key in ("prompt_template", "completion_template"):
+            if getattr(d, key) is not None:
+                fail(f"'data.{key}' builds prompts and completions; data.format {d.format} has none "
+                     "(use prompt_completion or alpaca)")
+    if d.format == "classification" and d.completion_template is not None:
+        fail("'data.completion_template' is not used by classification data; set 'data.label_words' instead")
+    if d.label_words is not None:
+        if recipe.task != "generative_classification":
+            fail("'data.label_words' is for task generative_classification")
+        if not all(isinstance(w, str) and w.strip() for w in d.label_words.values()):
+            fail("'data.label_words' values must be non-empty strings, e.g. {negative: ' negative'}")
+        if len(set(d.label_words.values())) != len(d.label_words):
+            fail("'data.label_words' maps two labels to the same word; each class needs its own")
+    if d.use_chat_template and d.format in ("text", "messages"):
+        fail(f"'data.use_chat_template' wraps prompt/completion pairs in chat turns; data.format {d.format} "
+             + ("is rendered with the chat template already" if d.format == "messages" else "has no pairs"))
+    if not 0 <= d.max_dropped_fraction <= 1:
+        fail(f"'data.max_dropped_fraction' must be between 0 and 1, got {d.max_dropped_fraction}")
+
+    pairs = d.format in ("prompt_completion", "alpaca", "classification")
+    if t.get("completion_only_loss") and not pairs:
+        fail(f"'train.completion_only_loss' needs prompt/completion data; data.format {d.format} has no completion "
+             "(TRL would silently train on every token)" + (": use train.assistant_only_loss for chat data"
+                                                           if d.format == "messages" else ""))
+    if t.get("assistant_only_loss") and not (d.format == "messages" or d.use_chat_template):
+        fail("'train.assistant_only_loss' needs chat data: data.format messages, or data.use_chat_template: true")
+    if t.get("padding_free") and not t.get("packing") and recipe.task != "generative_classification":
+        # TRL cannot truncate padding-free batches without packing; only classification prompts are fitted to
+        # data.max_length by peftkit itself (sft_data.fit_classification_prompts)
+        fail("'train.padding_free' without packing needs examples that already fit data.max_length, which peftkit "
+             "guarantees for task generative_classification only; keep train.packing: true, which batches "
+             "padding-free, or set train.padding_free: false")
+    if t.get("packing") and t.get("packing_strategy", "bfd") not in ("bfd", "bfd_split", "wrapped"):
+        fail("'train.packing_strategy' must be bfd, bfd_split or wrapped")
+    if t.get("chat_template_path") and not str(t["chat_template_path"]).endswith((".jinja", ".j2")):
+        fail("'train.chat_template_path' must be a .jinja or .j2 file (peftkit renders the data with it before "
+             "training, to count what truncation drops)")
+
+
+def check_template(template: str, key: str, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """A template is a Python format string over column names: catch unbalanced braces before any data is read."""
+    import string
+
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        fail(f"'{key}' is not a valid template ({e}); write columns as {{column}} and literal braces as {{{{ }}}}")
+    if any(not name or not name.isidentifier() for name in fields):
+        fail(f"'{key}': placeholders must be column names like {{text}}; got {template!r}")

@@ -1,0 +1,253 @@
+"""The recipe's typed sections, one per concern, and every default peftkit uses.
+
+A field's docstring is its documentation; ``peftkit validate`` and the README point here. Reading YAML lives
+in ``loading.py``, checks across fields in ``checks.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+TASKS = ("classification", "sft", "generative_classification")
+CAUSAL_TASKS = ("sft", "generative_classification")
+"""Tasks trained as a causal LM with ``trl.SFTTrainer``; their ``train`` section is a ``trl.SFTConfig``."""
+SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
+# Attention implementations that keep packed (padding-free) sequences apart: every run re-checks it on its model.
+EXACT_PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class ModelSection:
+    """Which pretrained model to start from and how to load it."""
+
+    name_or_path: str = ""
+    """Hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), local folder, or ``packaged:<name>`` (offline models)."""
+    dtype: str = "float32"
+    """Weights dtype for the non-quantized parts: float32 | bfloat16 | float16 | auto."""
+    attn_implementation: str | None = "sdpa"
+    """eager | sdpa | flash_attention_2; None lets transformers choose."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin the base model."""
+    trust_remote_code: bool = False
+    """Run the model repository's own Python code. Only if you trust that repository."""
+    allow_pickle: bool = False
+    """Allow loading ``.bin``/``.pt`` (pickle) weights. Pickles can execute code: safetensors only by default."""
+
+
+@dataclass
+class QuantizationSection:
+    """bitsandbytes quantization of the base model (QLoRA). Names are those of ``BitsAndBytesConfig``."""
+
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: str = "auto"
+    """auto: bfloat16 on a GPU that supports it, else float32."""
+    bnb_4bit_quant_storage: str | None = None
+    """None: uint8, or the compute dtype when FSDP/ZeRO-3 must shard the quantized weights."""
+    llm_int8_threshold: float = 6.0
+    llm_int8_skip_modules: list[str] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.load_in_4bit or self.load_in_8bit
+
+
+@dataclass
+class AdapterSection:
+    """LoRA-family adapter. Names are those of ``peft.LoraConfig``."""
+
+    r: int = 16
+    """Rank: higher gives more capacity and memory."""
+    lora_alpha: float = 32
+    lora_dropout: float = 0.05
+    target_modules: Union[str, list[str]] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+    init_lora_weights: Union[bool, str] = True
+    """True (Kaiming/zeros) | false | gaussian | pissa | olora | loftq | eva ..."""
+    modules_to_save: list[str] | None = None
+    """Extra fully-trained modules. The classification head is always added."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+@dataclass
+class DataSection:
+    """Where the examples come from and how they are read."""
+
+    train_file: str | None = None
+    eval_file: str | None = None
+    dataset: str | None = None
+    """Hub dataset id, instead of local files."""
+    dataset_config: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    format: Literal["classification", "text", "prompt_completion", "messages", "alpaca"] = "classification"
+    """classification (text + label; also for task generative_classification) | text (plain language modeling) |
+    prompt_completion | messages (chat turns, rendered with the tokenizer's chat template) |
+    alpaca (instruction/input/output columns mapped to prompt/completion with a template)."""
+    text_column: str = "text"
+    label_column: str = "label"
+    label_names: list[str] | None = None
+    """Class names in id order. Labels in the data may be these names or their ids. None: sorted unique labels."""
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    """A list of {role, content} turns per row (jsonl, parquet or hub data)."""
+    prompt_template: str | None = None
+    """Builds the prompt from the row's columns, e.g. "Review: {text}\\nSentiment:" ({text} is data.text_column).
+    Defaults: classification "{text}\\nLabel:"; alpaca the Stanford Alpaca prompt (with use_chat_template: the
+    instruction, then the input); prompt_completion the prompt column."""
+    completion_template: str | None = None
+    """Builds the completion from the row's columns (prompt_completion, alpaca), e.g. " {label}"."""
+    label_words: dict[str, str] | None = None
+    """generative_classification: the completion for each label name. None: " " + the label name."""
+    use_chat_template: bool = False
+    """Send the prompt as a user turn and the completion as the assistant turn, rendered with the tokenizer's
+    chat template (instruct models). prompt_completion, alpaca and classification formats."""
+    max_dropped_fraction: float = 0.5
+    """Causal-LM tasks: stop when more than this fraction of a split would be dropped because truncation to
+    max_length leaves an example no tokens to learn from (trl#1191)."""
+    has_header: bool = True
+    """For csv/tsv files. False: give column_names."""
+    column_names: list[str] | None = None
+    max_length: int = 128
+    """Tokens per example; longer examples are truncated (and counted). Causal-LM tasks: also the length of a
+    packed row (trl.SFTConfig's max_length)."""
+    max_train_samples: int | None = None
+    """Use a seeded random subset of this size (fast experiments)."""
+    max_eval_samples: int | None = None
+    eval_fraction: float = 0.1
+    """Held out from train when there is no eval file or split."""
+    invalid_rows: Literal["skip", "error"] = "skip"
+    """Rows with empty text or a label outside the label set: skip them (reported) or stop."""
+
+
+@dataclass
+class EvaluateSection:
+    """Evaluation after training and in ``peftkit evaluate``."""
+
+    batch_size: int = 32
+    enabled: bool = True
+
+
+@dataclass
+class SafetySection:
+    """What a run does when training goes numerically wrong."""
+
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    """stop: raise, naming the step (weights untouched). skip: drop the batch, count and report it."""
+    max_skipped_batches: int = 10
+    """With skip: stop anyway after this many bad batches (something is systematically wrong)."""
+
+
+@dataclass
+class MergeSection:
+    """``peftkit merge``: which weights the adapter is merged into, how the result is saved and checked."""
+
+    base: Literal["auto", "original", "dequantized"] = "auto"
+    """For adapters trained on a 4/8-bit base: merge into the original full-precision weights, into the
+    dequantized quantized weights the adapter was trained against, or auto: build both, measure each against
+    the adapter model on the verification sample, keep the closer one. Unquantized runs always use original."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype of the saved merged weights. The merge itself is always done in float32."""
+    verify_samples: int | None = 256
+    """Eval rows (a seeded random subset) on which the merged model is checked against the adapter model;
+    null: the whole eval split."""
+    max_accuracy_drop: float = 0.005
+    """Fail the merge (nothing is written in place) if accuracy on the verification sample drops by more."""
+    max_shard_size: str = "5GB"
+    """Largest safetensors shard of the merged model (integer with GB, MB, KB, GiB, MiB or KiB)."""
+
+
+# Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,
+    "num_train_epochs": 1.0,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0.06,
+    "weight_decay": 0.0,
+    "logging_steps": 10,
+    "save_strategy": "steps",
+    "save_steps": 200,
+    "save_total_limit": 2,
+    "eval_strategy": "no",
+    "report_to": ["tensorboard"],
+    "seed": 42,
+    "data_seed": 42,
+    "dataloader_num_workers": 0,
+}
+# Set by peftkit itself; a recipe cannot change them. Key -> where the setting lives instead.
+TRAIN_RESERVED = {
+    "output_dir": "use the top-level output_dir instead",
+    "logging_dir": "logs go to OUTPUT_DIR/logs",
+    "remove_unused_columns": "peftkit prepares the columns itself",
+    "label_names": "labels come from data.label_names",
+    "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
+}
+# Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
+# gradient checkpointing; peftkit decides precision the same way for every task (peftkit/speed.py: bf16 autocast
+# only where measured to pay off) and keeps checkpointing opt-in, off through its transformers 5 name
+# (activation_checkpointing) unless the recipe names either spelling; `packing` follows the attention implementation.
+SFT_TRAIN_DEFAULTS: dict[str, Any] = {}
+SFT_TRAIN_RESERVED = {
+    "max_length": "use data.max_length (one limit for the data audit and for training)",
+    "dataset_text_field": "use data.text_column",
+    "dataset_kwargs": "peftkit prepares the data itself, to count what is truncated or dropped",
+    "model_init_kwargs": "the model section loads the model",
+    "trust_remote_code": "use model.trust_remote_code",
+    "pad_token": "peftkit sets the tokenizer's pad token",
+}
+
+
+@dataclass
+class Recipe:
+    task: str = "classification"
+    output_dir: str = "runs/peftkit-run"
+    overwrite_output_dir: bool = False
+    """Replace an existing run folder that holds a different run."""
+    model: ModelSection = field(default_factory=ModelSection)
+    quantization: QuantizationSection = field(default_factory=QuantizationSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    safety: SafetySection = field(default_factory=SafetySection)
+    merge: MergeSection = field(default_factory=MergeSection)
+    source: str | None = None
+    """The file the recipe came from (not a recipe key)."""
+
+    @property
+    def seed(self) -> int:
+        return int(self.train.get("seed", TRAIN_DEFAULTS["seed"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe (all defaults filled), as written to the run folder."""
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+
+SECTIONS = {
+    "model": ModelSection,
+    "quantization": QuantizationSection,
+    "adapter": AdapterSection,
+    "data": DataSection,
+    "evaluate": EvaluateSection,
+    "safety": SafetySection,
+    "merge": MergeSection,
+}
+TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
+
+
+def checkpointing_enabled(train: dict[str, Any]) -> bool:
+    """Activation (gradient) checkpointing as transformers resolves it: the new name wins, the old is an alias."""
+    new = train.get("activation_checkpointing")
+    return bool(new if new is not None else train.get("gradient_checkpointing"))
+

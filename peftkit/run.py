@@ -1,0 +1,88 @@
+"""`peftkit train`: the one checklist every task goes through.
+
+What differs between tasks (their data, model, trainer, evaluation and model card) lives in one module per
+task under ``peftkit/tasks``; this file is the order of the stages and nothing else.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from peftkit.adapters import attach_adapter, parameter_counts, save_adapter
+from peftkit.console import say
+from peftkit.distributed import check_launch
+from peftkit.io import write_json_atomic
+from peftkit.model import load_tokenizer, local_path, resolve_model_source
+from peftkit.quantize import prepare_for_training
+from peftkit.recipe import Recipe, checkpointing_enabled
+from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, prepare_run_dir, resume_point,
+                               save_run_files)
+from peftkit.summary import losses_before, summary
+from peftkit.tasks import task_for
+from peftkit.training import skipped_batches, train_until_done_or_signalled
+
+
+def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[str, Any]:
+    """Train an adapter as the recipe says, save the run folder, evaluate. Returns the metrics.
+
+    `callbacks` are extra TrainerCallbacks (a sweep's pruning, for example) added to the task's own.
+    """
+    from transformers import set_seed
+
+    task = task_for(recipe.task)
+    started = time.time()
+    # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
+    set_seed(recipe.seed)
+    # ---- cheap checks: model source, tokenizer and data, before anything is written or loaded --
+    resolve_model_source(recipe.model)
+    source = local_path(recipe.model)
+    tokenizer = load_tokenizer(recipe.model, source)
+    data = task.load_data(recipe, tokenizer)
+    # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
+    run_dir = prepare_run_dir(recipe)
+    checkpoint = resume_point(run_dir, resume, recipe.source)
+    before = losses_before(checkpoint)  # read now: checkpoint rotation may delete that checkpoint
+    # ---- launch: training arguments, and a check that N processes really make one run --------
+    args = task.training_arguments(recipe, run_dir)
+    check_launch(args)
+    # ---- model -------------------------------------------------------------------------------
+    model = task.load_model(recipe, tokenizer, data, source)
+    model = prepare_for_training(model, recipe.quantization, checkpointing_enabled(recipe.train))
+    # ---- adapter -----------------------------------------------------------------------------
+    set_seed(recipe.seed)
+    model = attach_adapter(model, recipe.adapter, task_type=task.PEFT_TASK_TYPE)
+    trainable, total = parameter_counts(model)
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+    # ---- trainer -----------------------------------------------------------------------------
+    trainer = task.build_trainer(recipe, args, model, tokenizer, data)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    if trainer.is_world_process_zero():
+        save_run_files(run_dir, recipe, data.label_names)
+        write_json_atomic(run_dir / DATA_REPORT_FILE, data.report)
+    # ---- train (a signal saves a checkpoint and stops cleanly) --------------------------------
+    result = train_until_done_or_signalled(trainer, checkpoint, recipe)
+    facts = task.training_facts(trainer)
+    # ---- save the adapter and tokenizer, atomically ------------------------------------------
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
+    # ---- evaluate ----------------------------------------------------------------------------
+    metrics = task.evaluate(recipe, trainer, data) if recipe.evaluate.enabled else {}
+    # ---- metrics and summary, written by the main process ------------------------------------
+    if trainer.is_world_process_zero():
+        if metrics:
+            say(task.save_metrics(run_dir, metrics))
+        facts |= {"skipped_nonfinite_batches": skipped_batches(trainer)}
+        examples = (data.train_examples, data.eval_examples)
+        write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, examples,
+                                                          before) | facts)
+        say(f"run folder: {run_dir}")
+    return metrics
+
+
+def evaluate_saved_run(run_dir: str | Path, data_file: str | None = None) -> dict[str, Any]:
+    """`peftkit evaluate`: a run folder's adapter on its eval split, or on another file."""
+    run_dir, recipe = load_run(run_dir)
+    return task_for(recipe.task).evaluate_run(run_dir, recipe, data_file)

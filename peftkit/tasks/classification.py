@@ -1,0 +1,181 @@
+"""Task ``classification``: a sequence-classification head on the base model, trained with the adapter.
+
+The head is new (randomly initialised) and trained in full (``modules_to_save``); evaluation is the head's
+argmax on the eval split, gathered over every process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from peftkit.console import say
+from peftkit.data import format_report, load_classification_data, split_size, tokenize_split
+from peftkit.distributed import disable_token_count_loss_scaling
+from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
+from peftkit.guards import guarded
+from peftkit.model import load_classifier, load_trained_classifier
+from peftkit.quantize import quant_storage_for
+from peftkit.recipe import Recipe
+from peftkit.runfolder import label_names_of
+from peftkit.speed import collator_pad_multiple, with_seeded_length_grouping
+from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
+from peftkit.tasks.interface import TaskCard, TaskData
+from peftkit.training import run_callbacks, set_guard_policy, trainer_kwargs
+
+PEFT_TASK_TYPE = "SEQ_CLS"
+CARD_METRICS = AGGREGATE_METRICS
+
+
+def load_data(recipe: Recipe, tokenizer) -> TaskData:
+    """Read and clean both splits, then tokenize them (truncation is counted in the data report)."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    train = tokenize_split(data.splits["train"], tokenizer, recipe.data.max_length, data.reports["train"])
+    eval_ = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
+    say(format_report(data))
+    return TaskData(label_names=data.label_names, report=data.report_dict(),
+                    train_examples=split_size(data.splits["train"]), eval_examples=split_size(data.splits["eval"]),
+                    prepared={"train": train, "eval": eval_, "source": data.reports["eval"].source})
+
+
+def training_arguments(recipe: Recipe, run_dir: Path):
+    from transformers import TrainingArguments
+
+    from peftkit.runfolder import CHECKPOINT_DIR
+
+    return TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **trainer_kwargs(recipe, run_dir))
+
+
+def load_model(recipe: Recipe, tokenizer, data: TaskData, source: str):
+    model = load_classifier(recipe.model, recipe.quantization, data.label_names, tokenizer, source,
+                            quant_storage=quant_storage_for(recipe.quantization))
+    disable_token_count_loss_scaling(model)
+    return model
+
+
+def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
+    from transformers import DataCollatorWithPadding, Trainer
+
+    eval_during_training = args.eval_strategy != "no"
+    trainer = guarded(with_seeded_length_grouping(Trainer))(
+        model=model,
+        args=args,
+        train_dataset=data.prepared["train"],
+        eval_dataset=data.prepared["eval"] if eval_during_training else None,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=collator_pad_multiple(args)),
+        processing_class=tokenizer,
+        callbacks=run_callbacks(recipe),
+    )
+    return set_guard_policy(trainer, recipe)
+
+
+def training_facts(trainer) -> dict[str, Any]:
+    return {}
+
+
+def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:
+    metrics = predict_metrics(trainer, data.prepared["eval"], data.label_names)
+    metrics["data_file"] = data.prepared["source"]
+    return metrics
+
+
+def predict_metrics(trainer, eval_ds, label_names: list[str]) -> dict[str, Any]:
+    """Predict on the whole eval set; under several processes the Trainer gathers every rank's share once.
+
+    Examples are sorted by length first so each batch pads little; labels travel with them.
+    """
+    lengths = [len(ids) for ids in eval_ds["input_ids"]]
+    by_length = eval_ds.select(sorted(range(len(eval_ds)), key=lengths.__getitem__))
+    output = trainer.predict(by_length, metric_key_prefix="eval")
+    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return classification_metrics(output.label_ids.tolist(), predictions.argmax(-1).tolist(), label_names)
+
+
+def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
+    write_metrics(out_dir, metrics)
+    return format_metrics(metrics)
+
+
+def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) -> dict[str, Any]:
+    """`peftkit evaluate`: the trained adapter of a run folder on its eval split or on another file."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    labels = label_names_of(run_dir)
+    recipe.data.label_names = labels
+    data = load_classification_data(recipe.data, recipe.seed, eval_file=data_file)
+    tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, labels)
+    eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
+    print(format_report(data), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=recipe.evaluate.batch_size,
+                                 report_to=[])
+        trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
+                          processing_class=tokenizer)
+        metrics = predict_metrics(trainer, eval_ds, labels)
+    metrics["data_file"] = data.reports["eval"].source
+    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    if trainer.is_world_process_zero():
+        print(save_metrics(out_dir, metrics), flush=True)
+        print(f"written to {out_dir}", flush=True)
+    return metrics
+
+
+def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
+    labels = ", ".join(f"`{label}`" for label in run.labels)
+    return TaskCard(
+        pipeline_tag="text-classification",
+        what=f"**text classification** into {len(run.labels)} classes ({labels})",
+        task_line="classification (sequence classification head)",
+        headline=classification_headline(run),
+        evaluation=classification_evaluation(run, CARD_METRICS),
+        usage=usage(run, merged=merged, repo_id=repo_id, base_id=base_id),
+        limits=label_limits(run),
+    )
+
+
+def classification_headline(run) -> str:
+    return (f"**Eval accuracy:** {fmt(run.metrics.get('accuracy'))}, macro F1: {fmt(run.metrics.get('macro_f1'))} "
+            f"(on {run.metrics.get('num_examples', '?')} evaluation examples)")
+
+
+def usage(run, *, merged: bool, repo_id: str, base_id: str) -> str:
+    if merged:
+        return (
+            "## How to use\n\n"
+            "The adapter is merged into the weights, so this loads with plain `transformers` "
+            "(no `peft` needed); the label names are in the config.\n\n"
+            "```python\n"
+            "from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline\n\n"
+            f'model = AutoModelForSequenceClassification.from_pretrained("{repo_id}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+            'classifier = pipeline("text-classification", model=model, tokenizer=tokenizer)\n'
+            'print(classifier("Your text here"))\n'
+            "```"
+        )
+    id2label = dict(enumerate(run.labels))
+    label2id = {label: i for i, label in id2label.items()}
+    head_kwargs = f"num_labels={len(id2label)},\n    id2label={id2label!r},\n    label2id={label2id!r},"
+    return (
+        "## How to use\n\n"
+        f"This is a PEFT adapter: `peft` downloads the base model (`{base_id}`) and applies it. The "
+        "classification head is stored in the adapter, so pass the label set when loading (a size "
+        "mismatch error means it was left out); a warning that `score.weight` is newly initialized "
+        "is expected, the adapter then restores it.\n\n"
+        "```python\n"
+        "from peft import AutoPeftModelForSequenceClassification\n"
+        "from transformers import AutoTokenizer\n\n"
+        "model = AutoPeftModelForSequenceClassification.from_pretrained(\n"
+        f'    "{repo_id}",\n    {head_kwargs}\n)\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n'
+        "model.config.pad_token_id = tokenizer.pad_token_id\n"
+        "```\n\n"
+        "Or on a base model you already loaded:\n\n"
+        "```python\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForSequenceClassification\n\n"
+        "base = AutoModelForSequenceClassification.from_pretrained(\n"
+        f'    "{base_id}",\n    {head_kwargs}\n)\n'
+        f'model = PeftModel.from_pretrained(base, "{repo_id}")\n'
+        "```"
+    )
