@@ -18,7 +18,8 @@ import time
 from typing import Any, Sequence
 
 from peftkit.evaluate import classification_metrics
-from peftkit.sft_data import IGNORE, CausalData, Encoded, Encoder, completion_part
+from peftkit.sft_data import IGNORE, CausalData, completion_part
+from peftkit.sft_encode import Encoded, Encoder
 
 SCORING = "sum of the label completion's token log-probabilities (EOS included)"
 

@@ -9,7 +9,8 @@ from typing import Any
 from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe
-from peftkit.sft_data import CausalData, Encoder
+from peftkit.sft_data import CausalData
+from peftkit.sft_encode import Encoder
 
 
 def packing_gap(model, first: list[int], second: list[int], pad_token_id: int) -> float:

@@ -26,7 +26,8 @@ def check_recipe_inputs(recipe: Recipe) -> str:
 def audit_causal_data(recipe: Recipe) -> str:
     """Causal-LM data read and tokenized as training will (the tokenizer, not the model): what truncation drops."""
     from peftkit.model import load_tokenizer
-    from peftkit.sft_data import format_causal_report, load_causal_data, prepare_examples, truncation_length
+    from peftkit.sft_data import format_causal_report, load_causal_data
+    from peftkit.sft_encode import prepare_examples, truncation_length
 
     causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
     prepare_examples(recipe, load_tokenizer(recipe.model), causal)

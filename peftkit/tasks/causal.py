@@ -22,7 +22,8 @@ from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.quantize import quant_storage_for
 from peftkit.recipe import Recipe
 from peftkit.runfolder import CHECKPOINT_DIR, LABEL_MAP_FILE, label_names_of
-from peftkit.sft_data import DEFAULT_CLASSIFICATION_PROMPT, CausalData, format_causal_report, load_causal_data, prepare_examples, truncation_length
+from peftkit.sft_data import DEFAULT_CLASSIFICATION_PROMPT, CausalData, format_causal_report, load_causal_data
+from peftkit.sft_encode import prepare_examples, truncation_length
 from peftkit.speed import with_seeded_length_grouping
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, evaluation_intro, fmt, label_limits, metric_table
 from peftkit.tasks.interface import TaskCard, TaskData

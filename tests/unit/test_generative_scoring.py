@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from peftkit.generative import evaluate_generative, score_labels, sequence_logprobs
-from peftkit.sft_data import CausalData, CausalSplitReport, Encoded, Encoder
+from peftkit.sft_data import CausalData, CausalSplitReport
+from peftkit.sft_encode import Encoded, Encoder
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
 PROMPTS = ["Review: great fun\nSentiment:", "Review: dull\nSentiment:"]

@@ -6,8 +6,8 @@ import pytest
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import recipe_from_dict
-from peftkit.sft_data import (IGNORE, CausalData, CausalSplitReport, Encoder, audit, fit_classification_prompts,
-                              load_causal_data, prepare_examples)
+from peftkit.sft_data import IGNORE, CausalData, CausalSplitReport, load_causal_data
+from peftkit.sft_encode import Encoder, audit, fit_classification_prompts, prepare_examples
 from tests.sft_fixtures import (CHATML_GENERATION_TEMPLATE, SHARED_DATA, generation_template_file,  # noqa: F401
                                 sft_data_files, smollm2_tokenizer, tiny_causal_dir)
 
