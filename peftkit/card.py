@@ -176,13 +176,12 @@ def build_model_card(
     base_id, _ = resolve_base_hub_id(run, base_model_id)
     task = task_for(run.recipe.get("task", "classification"))
     told = task.card(run, merged=merged, repo_id=repo_id, base_id=base_id)
-    data = _card_data(run, told, task.CARD_METRICS, merged=merged, repo_id=repo_id, base_id=base_id)
+    data = _card_data(run, told, merged=merged, repo_id=repo_id, base_id=base_id)
     body = _body(run, told, merged=merged, repo_id=repo_id, base_id=base_id)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _card_data(run: RunRecord, told: TaskCard, card_metrics, *, merged: bool, repo_id: str,
-               base_id: str) -> ModelCardData:
+def _card_data(run: RunRecord, told: TaskCard, *, merged: bool, repo_id: str, base_id: str) -> ModelCardData:
     """Hub metadata: what the model is, what it derives from, and the measured metrics."""
     dataset_id = hub_dataset_id(run)
     return ModelCardData(
@@ -193,9 +192,9 @@ def _card_data(run: RunRecord, told: TaskCard, card_metrics, *, merged: bool, re
         license=_license(run),
         pipeline_tag=told.pipeline_tag,
         tags=_tags(run, told, merged=merged),
-        metrics=[metric_type for key, metric_type, _, _ in card_metrics if is_number(run.metrics.get(key))],
+        metrics=[metric_type for key, metric_type, _, _ in told.metrics if is_number(run.metrics.get(key))],
         model_name=repo_id,
-        eval_results=_eval_results(run, told, card_metrics) or None,
+        eval_results=_eval_results(run, told) or None,
     )
 
 
@@ -222,7 +221,7 @@ def _tags(run: RunRecord, told: TaskCard, *, merged: bool) -> list[str]:
     return tags
 
 
-def _eval_results(run: RunRecord, told: TaskCard, card_metrics) -> list[EvalResult]:
+def _eval_results(run: RunRecord, told: TaskCard) -> list[EvalResult]:
     """One EvalResult per aggregate metric in metrics.json, all on the same dataset and split."""
     dataset_name = _eval_dataset_name(run)
     return [
@@ -237,7 +236,7 @@ def _eval_results(run: RunRecord, told: TaskCard, card_metrics) -> list[EvalResu
             metric_value=run.metrics[key],
             metric_args=args,
         )
-        for key, metric_type, pretty, args in card_metrics
+        for key, metric_type, pretty, args in told.metrics
         if is_number(run.metrics.get(key))
     ]
 

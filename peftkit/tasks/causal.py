@@ -184,6 +184,7 @@ def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
             evaluation=classification_evaluation(run, AGGREGATE_METRICS, how=", by label scoring"),
             usage=usage(run, merged=merged, repo_id=repo_id, base_id=base_id, label_words=words),
             limits=label_limits(run),
+            metrics=AGGREGATE_METRICS,
         )
     return TaskCard(
         pipeline_tag="text-generation",
@@ -195,6 +196,7 @@ def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
         evaluation="\n".join([*evaluation_intro(run), *metric_table(run.metrics, LM_METRICS)]),
         usage=usage(run, merged=merged, repo_id=repo_id, base_id=base_id),
         limits=["- It was evaluated by held-out loss only: no judgement of the quality of its answers."],
+        metrics=LM_METRICS,
     )
 
 

@@ -25,7 +25,6 @@ from peftkit.tasks.interface import TaskCard, TaskData
 from peftkit.training import run_callbacks, set_guard_policy, trainer_kwargs
 
 PEFT_TASK_TYPE = "SEQ_CLS"
-CARD_METRICS = AGGREGATE_METRICS
 
 
 def load_data(recipe: Recipe, tokenizer) -> TaskData:
@@ -128,9 +127,10 @@ def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
         what=f"**text classification** into {len(run.labels)} classes ({labels})",
         task_line="classification (sequence classification head)",
         headline=classification_headline(run),
-        evaluation=classification_evaluation(run, CARD_METRICS),
+        evaluation=classification_evaluation(run, AGGREGATE_METRICS),
         usage=usage(run, merged=merged, repo_id=repo_id, base_id=base_id),
         limits=label_limits(run),
+        metrics=AGGREGATE_METRICS,
     )
 
 

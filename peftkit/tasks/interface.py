@@ -61,3 +61,5 @@ class TaskCard:
     """The Markdown "How to use" section."""
     limits: list[str]
     """Task-specific lines of the Limitations section."""
+    metrics: tuple
+    """(metrics.json key, model-index metric type, pretty name, metric args) of the metrics the hub shows."""

@@ -165,3 +165,46 @@ def test_corrupt_run_file_is_a_clear_error(run_dir):
     (run_dir / "metrics.json").write_text("{not json")
     with pytest.raises(PeftkitError, match="metrics.json is not valid JSON"):
         build_model_card(run_dir, merged=False, repo_id=REPO_ID)
+
+
+def _make_sft_run(run_dir: Path) -> None:
+    """The fake run as an SFT run leaves it: no label map, loss metrics."""
+    _edit_recipe_top(run_dir, task="sft")
+    _edit_recipe(run_dir, "data", format="prompt_completion", label_names=None)
+    (run_dir / "label_map.json").unlink()
+    (run_dir / "metrics.json").write_text(json.dumps({"eval_loss": 1.2345, "perplexity": 3.437, "loss_tokens": 900,
+                                                      "num_examples": 40, "split": "eval"}))
+
+
+def _edit_recipe_top(run_dir: Path, **values) -> None:
+    path = run_dir / "recipe.yaml"
+    recipe = yaml.safe_load(path.read_text())
+    recipe.update(values)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+def test_sft_run_card_describes_generation_and_its_loss(run_dir):
+    _make_sft_run(run_dir)
+    card = ModelCard(str(build_model_card(run_dir, merged=False, repo_id=REPO_ID)))
+    assert card.data.pipeline_tag == "text-generation"
+    assert "text-generation" in card.data.tags and "text-classification" not in card.data.tags
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"loss": 1.2345, "perplexity": 3.437}
+    assert "**text generation**" in card.text and "**Eval loss:** 1.2345" in card.text
+    assert "classification head" not in card.text and "Per class" not in card.text
+    assert "AutoPeftModelForCausalLM" in card.text
+
+
+def test_generative_classification_card_names_labels_and_label_scoring(run_dir):
+    _edit_recipe_top(run_dir, task="generative_classification")
+    _edit_json(run_dir / "metrics.json", label_words={name: f" {name}" for name in LABELS})
+    card = ModelCard(str(build_model_card(run_dir, merged=False, repo_id=REPO_ID)))
+    assert card.data.pipeline_tag == "text-generation"
+    assert {r.metric_type for r in card.data.eval_results} == set(EXPECTED_MODEL_INDEX)
+    assert "by label scoring" in card.text and "label_words" in card.text
+    assert "AutoPeftModelForSequenceClassification" not in card.text
+
+
+def test_labelled_run_without_label_map_is_named(run_dir):
+    (run_dir / "label_map.json").unlink()
+    with pytest.raises(PeftkitError, match=r"missing label_map\.json"):
+        build_model_card(run_dir, merged=False, repo_id=REPO_ID)
