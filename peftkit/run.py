@@ -17,8 +17,8 @@ from peftkit.io import write_json_atomic
 from peftkit.model import load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
-from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, prepare_run_dir, resume_point,
-                               save_run_files)
+from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, open_run_dir,
+                               replace_previous_run, resume_point, save_run_files)
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
 from peftkit.training import skipped_batches, train_until_done_or_signalled
@@ -35,14 +35,16 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
-    # ---- cheap checks: model source, tokenizer and data, before anything is written or loaded --
+    # ---- cheap checks: model source, data files, run folder (refuses to mix runs; takes the lock)
     resolve_model_source(recipe.model)
+    raw = task.read_data(recipe)
+    run_dir = open_run_dir(recipe, resume)
+    # ---- tokenizer, and the data as training will see it (a task may still stop: nothing lost) -
     source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
-    data = task.load_data(recipe, tokenizer)
-    # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
-    run_dir = prepare_run_dir(recipe)
-    checkpoint = resume_point(run_dir, resume, recipe.source)
+    data = task.prepare_data(recipe, tokenizer, raw)
+    # ---- run folder: the previous run replaced if asked; the checkpoint to resume ------------
+    checkpoint = resume_point(replace_previous_run(run_dir, recipe), resume, recipe.source)
     before = losses_before(checkpoint)  # read now: checkpoint rotation may delete that checkpoint
     # ---- launch: training arguments, and a check that N processes really make one run --------
     args = task.training_arguments(recipe, run_dir)

@@ -23,11 +23,13 @@ SUMMARY_FILE = "train_summary.json"
 DATA_REPORT_FILE = "data_report.json"
 
 
-def prepare_run_dir(recipe: Recipe) -> Path:
-    """Create the run folder, or refuse to mix a different run into an existing one.
+def open_run_dir(recipe: Recipe, resume: bool) -> Path:
+    """Create the run folder and take its lock, or refuse to mix a different run into an existing one; nothing in
+    it is removed yet (``replace_previous_run`` does that once the new run is known to start).
 
     The same resolved recipe in an existing folder is the same run (a resume or a rerun); anything
-    else would overwrite results, so it needs overwrite_output_dir: true.
+    else would overwrite results, so it needs overwrite_output_dir: true. Checkpoints of the same run without
+    ``--resume`` are refused here too, before anything is loaded.
     """
     run_dir = Path(recipe.output_dir)
     existing = run_dir / RECIPE_FILE
@@ -52,8 +54,16 @@ def prepare_run_dir(recipe: Recipe) -> Path:
         raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
     if int(os.environ.get("RANK", 0)) == 0:
         hold_run_lock(run_dir)
-        if recipe.overwrite_output_dir and existing.is_file():
-            remove_run_artifacts(run_dir)
+    if not recipe.overwrite_output_dir:
+        refuse_restart_over_checkpoints(run_dir, resume, recipe.source)
+    return run_dir
+
+
+def replace_previous_run(run_dir: Path, recipe: Recipe) -> Path:
+    """With overwrite_output_dir, remove the previous run's files (main process only). Called after every check of
+    the new run has passed, so a recipe that fails its checks never costs the previous run."""
+    if int(os.environ.get("RANK", 0)) == 0 and recipe.overwrite_output_dir and (run_dir / RECIPE_FILE).is_file():
+        remove_run_artifacts(run_dir)
     return run_dir
 
 
@@ -192,6 +202,14 @@ def remove_incomplete_checkpoints(run_dir: Path, why: str) -> None:
         shutil.rmtree(broken, ignore_errors=True)
 
 
+def refuse_restart_over_checkpoints(run_dir: Path, resume: bool, recipe_source: str | None) -> None:
+    checkpoints = complete_checkpoints(run_dir)
+    if not resume and checkpoints:
+        raise PeftkitError(
+            f"{run_dir} already has checkpoints (latest: {checkpoints[-1].name}). Continue that run with "
+            f"`peftkit train {recipe_source or 'RECIPE'} --resume`, or set overwrite_output_dir: true to start over")
+
+
 def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str | None:
     """The checkpoint to resume from, or None to start fresh. Never silently restarts over checkpoints.
 
@@ -215,11 +233,8 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     resume). With it, resuming automatically would be safe and could become the default, with --restart to
     opt out.
     """
+    refuse_restart_over_checkpoints(run_dir, resume, recipe_source)
     checkpoints = complete_checkpoints(run_dir)
-    if not resume and checkpoints:
-        raise PeftkitError(
-            f"{run_dir} already has checkpoints (latest: {checkpoints[-1].name}). Continue that run with "
-            f"`peftkit train {recipe_source or 'RECIPE'} --resume`, or set overwrite_output_dir: true to start over")
     remove_incomplete_checkpoints(run_dir, "interrupted while saving")
     if not resume:
         return None

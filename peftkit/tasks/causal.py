@@ -34,9 +34,13 @@ LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),
               ("perplexity", "perplexity", "Perplexity", None))
 
 
-def load_data(recipe: Recipe, tokenizer) -> TaskData:
-    """Read the examples, then tokenize them as TRL will and audit what truncation leaves to learn."""
-    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+def read_data(recipe: Recipe) -> CausalData:
+    """The examples, read and converted to TRL's formats: every check of the files, no tokenizer needed."""
+    return load_causal_data(recipe.data, recipe.task, recipe.seed)
+
+
+def prepare_data(recipe: Recipe, tokenizer, causal: CausalData) -> TaskData:
+    """The examples tokenized as TRL will, with the audit of what truncation leaves to learn."""
     encoder = prepare_examples(recipe, tokenizer, causal)  # stops if truncation would drop most of a split
     say(format_causal_report(causal, truncation_length(recipe)))
     check_all_fit(causal, recipe)

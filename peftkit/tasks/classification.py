@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.data import format_report, load_classification_data, split_size, tokenize_split
+from peftkit.data import ClassificationData, format_report, load_classification_data, split_size, tokenize_split
 from peftkit.distributed import disable_token_count_loss_scaling
 from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
 from peftkit.guards import guarded
@@ -27,9 +27,13 @@ from peftkit.training import run_callbacks, set_guard_policy, trainer_kwargs
 PEFT_TASK_TYPE = "SEQ_CLS"
 
 
-def load_data(recipe: Recipe, tokenizer) -> TaskData:
-    """Read and clean both splits, then tokenize them (truncation is counted in the data report)."""
-    data = load_classification_data(recipe.data, recipe.seed)
+def read_data(recipe: Recipe) -> ClassificationData:
+    """Both splits read and cleaned, the label set resolved: every check of the files, no tokenizer needed."""
+    return load_classification_data(recipe.data, recipe.seed)
+
+
+def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskData:
+    """Both splits tokenized (truncation is counted in the data report)."""
     train = tokenize_split(data.splits["train"], tokenizer, recipe.data.max_length, data.reports["train"])
     eval_ = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
     say(format_report(data))

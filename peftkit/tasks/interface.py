@@ -4,9 +4,12 @@ A task is a plain module, registered by name in ``peftkit.tasks``; nothing is in
 
 ``PEFT_TASK_TYPE``
     the ``peft.TaskType`` of its adapter (``SEQ_CLS``, ``CAUSAL_LM``).
-``load_data(recipe, tokenizer) -> TaskData``
-    read, clean and prepare the examples; every check that can fail on the data fails here, before the run
-    folder is touched or a model loads.
+``read_data(recipe)``
+    read and clean the examples; every check of the data files fails here, before the run folder is opened or
+    anything is loaded.
+``prepare_data(recipe, tokenizer, read) -> TaskData``
+    the examples as training will see them (tokenized, audited); may still stop the run, before the previous
+    run in the folder is replaced.
 ``training_arguments(recipe, run_dir)``
     ``TrainingArguments`` (or a subclass such as ``trl.SFTConfig``) from the recipe's ``train`` section.
 ``load_model(recipe, tokenizer, data, source)``

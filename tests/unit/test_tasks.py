@@ -10,7 +10,7 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe import TASKS
 from peftkit.tasks import REGISTRY, task_for
 
-INTERFACE = ("load_data", "training_arguments", "load_model", "build_trainer", "training_facts", "evaluate",
+INTERFACE = ("read_data", "prepare_data", "training_arguments", "load_model", "build_trainer", "training_facts", "evaluate",
              "save_metrics", "evaluate_run", "card")
 
 
