@@ -126,6 +126,9 @@ class DataSection:
     max_dropped_fraction: float = 0.5
     """Causal-LM tasks: stop when more than this fraction of a split would be dropped because truncation to
     max_length leaves an example no tokens to learn from (trl#1191)."""
+    delimiter: str | None = None
+    """For csv/tsv files: the one character between fields (";" for European CSV, "|", "\\t"). None: by
+    extension, tab for .tsv and comma for .csv."""
     has_header: bool = True
     """For csv/tsv files. False: give column_names."""
     column_names: list[str] | None = None
@@ -234,6 +237,9 @@ class Recipe:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     safety: SafetySection = field(default_factory=SafetySection)
     merge: MergeSection = field(default_factory=MergeSection)
+    keep_checkpoints: Literal["last", "none", "all"] = "last"
+    """At the end of a successful run: keep the last checkpoint (``--resume`` of the finished run reloads it),
+    none (the adapter/ folder is the result; ``--resume`` then says the run is finished) or all that rotation kept."""
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -257,7 +263,7 @@ SECTIONS = {
     "safety": SafetySection,
     "merge": MergeSection,
 }
-TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
+TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +328,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
     reject_unknown(raw, TOP_LEVEL, where, "")
     kwargs: dict[str, Any] = {}
-    for name in ("task", "output_dir", "overwrite_output_dir"):
+    for name in ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints"):
         if name in raw:
             kwargs[name] = coerce(raw[name], Recipe.__dataclass_fields__[name].type, f"{name}", where)
     for name, cls in SECTIONS.items():
@@ -537,6 +543,8 @@ def validate(recipe: Recipe) -> None:
         fail("'data' needs 'train_file' (a local csv/tsv/jsonl/parquet file) or 'dataset' (a hub dataset id)")
     if d.dataset is not None and d.train_file is not None:
         fail("'data.dataset' and 'data.train_file' are both set; choose hub or local data")
+    if d.delimiter is not None and len(d.delimiter) != 1:
+        fail(f"'data.delimiter' must be one character, e.g. \";\" or \"\\t\" (in double quotes), got {d.delimiter!r}")
     if not d.has_header and not d.column_names:
         fail("'data.has_header' is false: give 'data.column_names' (e.g. [text, label])")
     if d.column_names and d.has_header:
