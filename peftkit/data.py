@@ -16,6 +16,9 @@ from peftkit.recipe import DataSection
 
 LOCAL_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SHOWN_BAD_ROWS = 5
+LARGE_SPLIT = 20000
+"""Splits of at least this many rows show progress while they are tokenized (peftkit/progress.py)."""
+TOKENIZE_CHUNK = 2000
 BUILTIN_PREFIX = "builtin:"
 """Data files shipped inside the peftkit package (peftkit/defaults/data/): ``builtin:sst2/train_4k.tsv``. They
 resolve to the installed package from any folder, so the built-in quickstart runs on a bare clone."""
@@ -336,11 +339,18 @@ def tokenize_split(split: dict[str, list], tokenizer, max_length: int, report: S
     """A datasets.Dataset of input_ids/attention_mask/labels (no padding: the collator pads per batch)."""
     import datasets
 
-    encoded = tokenizer(split["text"], truncation=False, add_special_tokens=True)
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    report.truncated = sum(n > max_length for n in lengths)
-    encoded = tokenizer(split["text"], truncation=True, max_length=max_length)
-    return datasets.Dataset.from_dict({**encoded, "labels": split["label"]})
+    from peftkit.progress import map_in_chunks
+
+    def encode(texts: list[str]) -> list[dict[str, list[int]]]:
+        full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
+        cut = tokenizer(texts, truncation=True, max_length=max_length)
+        return [{"full": len(ids), **{k: cut[k][i] for k in cut}} for i, ids in enumerate(full)]
+
+    rows = map_in_chunks(encode, split["text"], TOKENIZE_CHUNK, f"tokenizing {Path(report.source).name}",
+                         min_total=LARGE_SPLIT)
+    report.truncated = sum(row.pop("full") > max_length for row in rows)
+    columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else {"input_ids": []})}
+    return datasets.Dataset.from_dict({**columns, "labels": split["label"]})
 
 
 def format_report(data: ClassificationData) -> str:

@@ -96,9 +96,10 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None) -> dict[str,
 
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from peftkit.data import format_report, load_classification_data, tokenize_split
+    from peftkit.data import evaluation_file, format_report, load_classification_data, tokenize_split
     from peftkit.model import load_trained_classifier
-    from peftkit.runfolder import label_names_of, load_run
+    from peftkit.progress import stderr_is_terminal
+    from peftkit.runfolder import evaluation_dir, label_names_of, load_run
     from peftkit.train import evaluate_with_trainer
 
     run_dir, recipe = load_run(run_dir)
@@ -108,18 +109,18 @@ def evaluate_run(run_dir: str | Path, data_file: str | None = None) -> dict[str,
         return evaluate_causal_run(run_dir, recipe, data_file)
     labels = label_names_of(run_dir)
     recipe.data.label_names = labels
-    data = load_classification_data(recipe.data, recipe.seed, eval_file=data_file)
+    data = load_classification_data(recipe.data, recipe.seed, eval_file=evaluation_file(recipe.data, data_file))
     tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, labels)
     eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
     print(format_report(data), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=recipe.evaluate.batch_size,
-                                 report_to=[])
+                                 report_to=[], disable_tqdm=not stderr_is_terminal())
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer)
         metrics = evaluate_with_trainer(trainer, eval_ds, labels)
     metrics["data_file"] = data.reports["eval"].source
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():
         write_metrics(out_dir, metrics)
         print(format_metrics(metrics), flush=True)

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
 from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.progress import map_in_chunks
 from peftkit.sft_data import IGNORE, CausalData, Encoded, Encoder, completion_part
 
 SCORING = "sum of the label completion's token log-probabilities (EOS included)"
@@ -159,7 +160,8 @@ def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool,
     was_training = model.training
     model.eval()
     started = time.time()
-    scores = score_labels(model, encoder, causal.splits[split]["prompt"], causal.label_words, chat, batch_size)
+    scores = map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat, batch_size),
+                           causal.splits[split]["prompt"], 4 * batch_size, "label scoring", key=lambda p: len(str(p)))
     model.train(was_training)
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
     metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
@@ -221,19 +223,20 @@ def evaluate_causal_run(run_dir: Path, recipe, data_file: str | None = None) -> 
     """`peftkit evaluate` on a causal-LM run (folder and recipe from ``load_run``): its adapter on the eval split,
     or on another file."""
     from peftkit.model import load_trained_causal_lm
-    from peftkit.runfolder import LABEL_MAP_FILE, label_names_of
+    from peftkit.data import evaluation_file
+    from peftkit.runfolder import LABEL_MAP_FILE, evaluation_dir, label_names_of
     from peftkit.sft_data import format_causal_report, load_causal_data, prepare_examples, truncation_length
 
     if (run_dir / LABEL_MAP_FILE).is_file():
         recipe.data.label_names = label_names_of(run_dir)
-    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=data_file)
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=evaluation_file(recipe.data, data_file))
     causal.splits = {"eval": causal.splits["eval"]}
     causal.reports = {"eval": causal.reports["eval"]}
     tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
     encoder = prepare_examples(recipe, tokenizer, causal)
     print(format_causal_report(causal, truncation_length(recipe)), flush=True)
     metrics = evaluate_causal(recipe, model, encoder, causal)
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    out_dir = evaluation_dir(run_dir, data_file)
     print(write_causal_metrics(out_dir, metrics), flush=True)
     print(f"written to {out_dir}", flush=True)
     return metrics

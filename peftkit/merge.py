@@ -347,6 +347,8 @@ def load_merged(folder: Path, task: str):
 
 
 def predict_logits(model, batches) -> torch.Tensor:
+    from peftkit.progress import with_progress
+
     """Float32 logits for every row, in the sample's order."""
     import torch
 
@@ -354,7 +356,7 @@ def predict_logits(model, batches) -> torch.Tensor:
     device = getattr(model, "device", torch.device("cpu"))  # a quantized base sits on the GPU when there is one
     out: torch.Tensor | None = None
     with torch.inference_mode():
-        for rows, batch in batches:
+        for rows, batch in with_progress(batches, len(batches), "merge verification", unit="batches", min_total=4):
             logits = model(**batch.to(device)).logits.float().cpu()
             if out is None:
                 out = torch.empty((total, *logits.shape[1:]), dtype=torch.float32)

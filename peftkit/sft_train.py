@@ -19,6 +19,7 @@ from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir,
                                resume_point, save_run_files)
+from peftkit.runfolder import finish_run_folder
 from peftkit.sft_data import (CausalData, Encoder, format_causal_report, load_causal_data, prepare_examples,
                               truncation_length)
 from peftkit.train import quant_storage_for, save_adapter, say, summary, train_until_done_or_signalled
@@ -80,7 +81,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
         facts = summary(recipe, result, trainable, total, started, causal)
         facts |= counter.summary() | {"packing": args.packing, "skipped_nonfinite_batches": trainer.skipped_batches}
         write_json_atomic(run_dir / SUMMARY_FILE, facts)
-        say(f"run folder: {run_dir}")
+        say(finish_run_folder(run_dir, recipe.keep_checkpoints))  # prune checkpoints as asked, print the size
     return metrics
 
 

@@ -24,7 +24,7 @@ from peftkit.model import load_classifier, load_tokenizer, local_path, resolve_m
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import CAUSAL_TASKS, Recipe
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
-                               prepare_run_dir, remove_incomplete_checkpoints, resume_point, save_run_files)
+                               finish_run_folder, prepare_run_dir, remove_incomplete_checkpoints, resume_point, save_run_files)
 from peftkit.speed import apply_speed_defaults, collator_pad_multiple, with_seeded_length_grouping
 
 
@@ -84,7 +84,7 @@ def run(recipe: Recipe, resume: bool = False) -> dict[str, Any]:
             say(format_metrics(metrics))
         write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, data, before)
                           | {"skipped_nonfinite_batches": skipped_batches(trainer)})
-        say(f"run folder: {run_dir}")
+        say(finish_run_folder(run_dir, recipe.keep_checkpoints))  # prune checkpoints as asked, print the size
     return metrics
 
 
