@@ -160,8 +160,6 @@ def adjust_training_args_for_launch(train_kwargs: dict[str, Any], has_cuda: bool
       torchrun) and DeepSpeed ZeRO-2/3 give every rank world size 1, so each trains alone on all the data and
       nothing fails. With it, accelerate builds a gloo process group (DeepSpeed included). A user's
       ``use_cpu=False`` is overridden: there is no device it could mean.
-    * stderr not a terminal (a log file) and ``disable_tqdm`` not in the recipe -> ``disable_tqdm=True``: losses
-      as plain lines, not tqdm redraws (peftkit/progress.py).
     * One process -> ``ddp_backend`` removed. With a backend set, accelerate asks torch.distributed for a world
       size it never initialised and ``TrainingArguments.device`` raises ("Default process group has not been
       initialized"); a recipe written for a multi-process run must still run alone.
@@ -170,9 +168,7 @@ def adjust_training_args_for_launch(train_kwargs: dict[str, Any], has_cuda: bool
         train_kwargs: keyword arguments for ``TrainingArguments``; not modified.
         has_cuda: whether CUDA is usable (``torch.cuda.is_available()``); a parameter so the rules are testable.
     """
-    from peftkit.progress import log_friendly_trainer_args
-
-    adjusted = log_friendly_trainer_args(dict(train_kwargs))
+    adjusted = dict(train_kwargs)
     if launched_world_size() > 1:
         if not has_cuda:
             adjusted["use_cpu"] = True

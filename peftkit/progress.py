@@ -5,7 +5,8 @@ most every 30 s, never tqdm's carriage-return redraws (which turn one bar into k
 process reports. Small jobs (fewer items than ``min_total``) report nothing.
 
 The Trainer's own bars follow the same rule: when stderr is not a terminal peftkit sets
-``disable_tqdm: true`` unless the recipe's ``train:`` says otherwise (distributed.adjust_training_args_for_launch);
+``disable_tqdm: true`` unless the recipe's ``train:`` says otherwise (log_friendly_trainer_args, applied where
+train.py / sft_train.py build the training arguments);
 the Trainer then prints its logged losses as plain lines every ``logging_steps``.
 """
 

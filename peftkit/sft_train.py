@@ -15,6 +15,7 @@ from peftkit.generative import evaluate_causal, write_causal_metrics
 from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded
 from peftkit.io import write_json_atomic
 from peftkit.model import load_causal_lm, load_tokenizer, local_path, resolve_model_source
+from peftkit.progress import log_friendly_trainer_args
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE, prepare_run_dir,
@@ -96,6 +97,7 @@ def sft_arguments(recipe: Recipe, run_dir: Path):
     train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled,
                                  packing=bool(recipe.train.get("packing") or recipe.train.get("padding_free")))
     kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
+    kwargs = log_friendly_trainer_args(kwargs)  # no tqdm redraws into log files (peftkit/progress.py)
     return SFTConfig(output_dir=str(run_dir / CHECKPOINT_DIR), max_length=trl_max_length(recipe), **kwargs)
 
 

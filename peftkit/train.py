@@ -21,6 +21,7 @@ from peftkit.evaluate import format_metrics, write_metrics, classification_metri
 from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, guarded, skipped_in_log
 from peftkit.io import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.model import load_classifier, load_tokenizer, local_path, resolve_model_source
+from peftkit.progress import log_friendly_trainer_args
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import CAUSAL_TASKS, Recipe
 from peftkit.runfolder import (ADAPTER_DIR, CHECKPOINT_DIR, DATA_REPORT_FILE, LOG_DIR, SUMMARY_FILE,
@@ -96,6 +97,7 @@ def training_arguments(recipe: Recipe, run_dir: Path):
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
     train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled)
     kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
+    kwargs = log_friendly_trainer_args(kwargs)  # no tqdm redraws into log files (peftkit/progress.py)
     # peftkit rotates checkpoints itself, after marking the new one complete (guards.MarkCompleteCheckpoints)
     kwargs["save_total_limit"] = None
     return TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **kwargs)
