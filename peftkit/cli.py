@@ -14,6 +14,9 @@ DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peftkit.progress import quiet_library_bars_in_logs
+
+    quiet_library_bars_in_logs()  # before transformers is imported: no tqdm redraws in log files
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

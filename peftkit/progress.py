@@ -7,7 +7,9 @@ process reports. Small jobs (fewer items than ``min_total``) report nothing.
 The Trainer's own bars follow the same rule: when stderr is not a terminal peftkit sets
 ``disable_tqdm: true`` unless the recipe's ``train:`` says otherwise (log_friendly_trainer_args, applied where
 train.py / sft_train.py build the training arguments);
-the Trainer then prints its logged losses as plain lines every ``logging_steps``.
+the Trainer then prints its logged losses as plain lines every ``logging_steps``. The libraries' own bars
+(transformers' "Loading weights", datasets' map) are turned off the same way (quiet_library_bars_in_logs, from
+the command line's entry point).
 """
 
 from __future__ import annotations
@@ -131,6 +133,14 @@ def map_in_chunks(fn: Callable[[list[T]], list[R]], items: Sequence[T], chunk_si
                 results[i] = result
             bar.update(len(chunk))
     return results
+
+
+def quiet_library_bars_in_logs() -> None:
+    """Before transformers/datasets are imported: their own bars (loading weights, map) off when stderr is not a
+    terminal, unless the environment already says otherwise (HF_HUB_DISABLE_PROGRESS_BARS=0 keeps them)."""
+    if not stderr_is_terminal():
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def log_friendly_trainer_args(train: dict[str, Any]) -> dict[str, Any]:

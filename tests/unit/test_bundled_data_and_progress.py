@@ -177,3 +177,13 @@ def test_trainer_bars_off_in_log_files_unless_the_recipe_says(monkeypatch):
     assert progress.log_friendly_trainer_args({"disable_tqdm": False})["disable_tqdm"] is False
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: True)
     assert "disable_tqdm" not in progress.log_friendly_trainer_args({})
+
+
+def test_library_bars_off_in_logs_unless_the_environment_says(monkeypatch):
+    from peftkit import progress
+
+    monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("HF_DATASETS_DISABLE_PROGRESS_BARS", "0")
+    progress.quiet_library_bars_in_logs()
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1" and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "0"
