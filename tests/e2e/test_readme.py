@@ -32,6 +32,7 @@ COVERED = {
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
+    "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),  # from the repo root
     "python benchmarks/bench_classification.py": ("tests/unit/test_bench_helpers.py", "bench"),
 }
 
@@ -118,7 +119,7 @@ def test_readme_walkthrough_runs(tmp_path, tiny_causal_dir, monkeypatch, capsys,
             labels = [line.split()[0] for line in out.strip().splitlines()]
             assert sorted(labels) == ["negative", "positive"]
     assert [name for name, _ in ran] == ["init", "validate", "train", "evaluate", "merge", "push", "train", "train",
-                                         "init", "train", "generate", "validate"]
+                                         "init", "train", "generate"]
     run = tmp_path / "runs" / "my_reviews-minilm"
     assert (run / "metrics.json").is_file() and (run / "merged").is_dir()
     assert len(list(run.glob("eval-new_reviews-*/metrics.json"))) == 1
