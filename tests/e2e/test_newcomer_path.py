@@ -17,7 +17,8 @@ from tests.conftest import REPO, run_cli, tiny_recipe, write_recipe
 
 
 def fresh_clone(tmp_path: Path) -> Path:
-    """The committed HEAD, cloned where no ../shared exists (a user's machine)."""
+    """The committed HEAD, cloned where no ../shared exists (a user's machine). It tests what is committed: an
+    uncommitted change is not in the clone (as it would not be in a user's)."""
     clone = tmp_path / "clone"
     if (REPO / ".git").exists():
         subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
