@@ -14,6 +14,9 @@ DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peftkit.progress import quiet_library_bars_in_logs
+
+    quiet_library_bars_in_logs()  # before transformers is imported: no tqdm redraws in log files
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -47,6 +50,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    init = sub.add_parser("init", help="write a commented recipe for your own labelled data file",
+                          description="Inspect DATA_FILE (csv with any delimiter, tsv, jsonl, parquet; header or "
+                                      "not), find its text and label columns, count the labels, flag imbalance, "
+                                      "choose a classification head (encoders) or generative classification "
+                                      "(causal LMs), and write a commented recipe that opens with its command.")
+    init.add_argument("data_file", metavar="DATA_FILE", help="the labelled training file")
+    init.add_argument("--eval", metavar="EVAL_FILE", help="an evaluation file with the same columns "
+                                                          "(default: hold out part of DATA_FILE)")
+    init.add_argument("--model", default="packaged:all-minilm-l6-v2",
+                      help="base model: packaged:all-minilm-l6-v2 (default, fast: classification head), "
+                           "packaged:smollm2-135m-instruct (generative classification), a hub id or a folder")
+    init.add_argument("--task", choices=("auto", "classification", "generative_classification"), default="auto",
+                      help="auto (default): generative for causal LMs, a classification head for encoders")
+    init.add_argument("--out", metavar="RECIPE", help="where to write the recipe (default: DATA_FILE's name .yaml)")
+    init.add_argument("--output-dir", metavar="DIR", help="the run folder the recipe names (default: runs/NAME-MODEL)")
+    init.add_argument("--text-column", metavar="NAME", help="the text column (default: detected)")
+    init.add_argument("--label-column", metavar="NAME", help="the label column (default: detected)")
+    init.add_argument("--header", choices=("auto", "yes", "no"), default="auto",
+                      help="whether csv/tsv files start with a header row (default: detected)")
+    init.add_argument("--force", action="store_true", help="replace an existing recipe file")
+    init.set_defaults(func=cmd_init)
 
     train = sub.add_parser("train", help="fine-tune an adapter as a recipe says, then evaluate it",
                            description="Train an adapter from a recipe. Without a recipe, runs the built-in "
@@ -92,14 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_push_parser(sub)
 
-    generate = sub.add_parser("generate", help="print a causal-LM run's answer to a prompt",
-                              description="Answer PROMPT with the base model + trained adapter of RUN_DIR (task sft "
-                                          "or generative_classification), greedy, through the chat template.")
+    generate = sub.add_parser("generate", help="a causal-LM run's answer to a text: label probabilities or generated text",
+                              description="Answer TEXT with the base model + trained adapter of RUN_DIR. "
+                                          "generative_classification runs: TEXT goes through the run's "
+                                          "data.prompt_template (and the chat template only if the run used it) and "
+                                          "every label is scored: prints each label name with its probability, "
+                                          "the prediction first. sft runs: the run's prompt template and chat "
+                                          "template as trained, then greedy generation.")
     generate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
-    generate.add_argument("prompt", metavar="PROMPT", help="the user's message")
+    generate.add_argument("prompt", metavar="TEXT", help="the text to classify, or the prompt (the template's one field)")
     generate.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="longest answer (default 128)")
     generate.add_argument("--raw", action="store_true",
-                          help="send PROMPT as plain text, without the chat template (runs trained on plain prompts)")
+                          help="no templates, no label scoring: TEXT as it is, greedy generation (the behaviour "
+                               "before templates were applied, without the chat template)")
     generate.set_defaults(func=cmd_generate)
     return parser
 
@@ -173,6 +203,16 @@ def cmd_merge(args) -> int:
 
     merge_run(args.run_dir, args.out, dtype=args.dtype, base=args.base, verify_samples=args.verify_samples,
               max_accuracy_drop=args.max_accuracy_drop)
+    return 0
+
+
+def cmd_init(args) -> int:
+    from peftkit.init_recipe import init_recipe
+
+    _, summary = init_recipe(args.data_file, eval_file=args.eval, model=args.model, task=args.task, out=args.out,
+                             text_column=args.text_column, label_column=args.label_column, header=args.header,
+                             output_dir=args.output_dir, force=args.force)
+    print(summary)
     return 0
 
 

@@ -16,6 +16,12 @@ from peftkit.recipe import DataSection
 
 LOCAL_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SHOWN_BAD_ROWS = 5
+LARGE_SPLIT = 20000
+"""Splits of at least this many rows show progress while they are tokenized (peftkit/progress.py)."""
+TOKENIZE_CHUNK = 2000
+BUILTIN_PREFIX = "builtin:"
+"""Data files shipped inside the peftkit package (peftkit/defaults/data/): ``builtin:sst2/train_4k.tsv``. They
+resolve to the installed package from any folder, so the built-in quickstart runs on a bare clone."""
 
 
 @dataclass
@@ -64,9 +70,31 @@ class ClassificationData:
 # ---------------------------------------------------------------------------------------------
 
 
+def builtin_data_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("peftkit") / "defaults" / "data"))
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """A data file path as written in a recipe: ``builtin:NAME`` (shipped with peftkit) or a path relative to the
+    folder peftkit runs from."""
+    text = str(path)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(text)
+    name = text[len(BUILTIN_PREFIX):].lstrip("/")
+    root = builtin_data_dir()
+    resolved = root / name
+    if not name or ".." in Path(name).parts or not resolved.is_file():
+        shipped = sorted(str(p.relative_to(root)) for p in root.rglob("*.tsv"))
+        raise PeftkitError(f"{text}: no such data file shipped with peftkit; built-in files are "
+                           f"{', '.join(BUILTIN_PREFIX + n for n in shipped)}")
+    return resolved
+
+
 def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
     """Rows of a local csv/tsv/jsonl/parquet file as dicts. Raises PeftkitError naming the file."""
-    path = Path(path)
+    path = resolve_data_path(path)
     kind = LOCAL_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise PeftkitError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
@@ -80,7 +108,8 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
     try:
         rows = _READERS[kind](path, data)
     except UnicodeDecodeError as e:
-        raise PeftkitError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8") from None
+        raise PeftkitError(f"{path}: {describe_decode_error(path, e)}; re-save it as UTF-8 "
+                           "(e.g. iconv -f latin1 -t utf-8 IN > OUT, or 'CSV UTF-8' in a spreadsheet)") from None
     except (ValueError, csv.Error, OSError) as e:
         raise PeftkitError(f"{path}: cannot be read as {kind}: {str(e).splitlines()[0]}") from None
     if not rows:
@@ -88,8 +117,31 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
     return rows
 
 
+def describe_decode_error(path: Path, error: UnicodeDecodeError) -> str:
+    """Where the first non-UTF-8 bytes are, as a line (and column) of the file, not only a byte offset: the
+    decoder's offset counts from the start of the chunk it was given, so the file is scanned line by line."""
+    offset = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                (line[3:] if number == 1 and line.startswith(b"\xef\xbb\xbf") else line).decode("utf-8")
+            except UnicodeDecodeError as e:
+                start = e.start + (3 if number == 1 and line.startswith(b"\xef\xbb\xbf") else 0)
+                return (f"line {number} is not UTF-8 text (column {start + 1}, byte {offset + start} of the file: "
+                        f"{line[start:start + 4]!r}, {e.reason})")
+            offset += len(line)
+    return f"not UTF-8 text ({error.reason})"
+
+
+def delimiter_of(path: Path, data: DataSection) -> str:
+    """data.delimiter, or by extension: tab for .tsv, comma otherwise."""
+    if data.delimiter is not None:
+        return data.delimiter
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
 def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = delimiter_of(path, data)
     with path.open(encoding="utf-8-sig", newline="") as f:  # -sig: a BOM (Excel, Notepad) is not part of the header
         # SST-2 and AG News contain bare quotes inside fields: TSV is read without quote processing.
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -176,6 +228,12 @@ def load_classification_data(data: DataSection, seed: int, eval_file: str | None
     subsample(splits, reports, "train", data.max_train_samples, seed)
     subsample(splits, reports, "eval", data.max_eval_samples, seed)
     return ClassificationData(label_names=list(label_names), splits=splits, reports=reports)
+
+
+def evaluation_file(data: DataSection, data_file: str | None) -> str | None:
+    """The file `peftkit evaluate` reads: --data, else the recipe's eval file, so the training file is not read
+    (or needed) at all. None: the run's eval split was held out from its training data, which is then read."""
+    return data_file if data_file is not None else (data.eval_file if data.dataset is None else None)
 
 
 def read_raw_splits(data: DataSection, eval_file: str | None) -> dict[str, tuple[list[dict], str]]:
@@ -281,11 +339,18 @@ def tokenize_split(split: dict[str, list], tokenizer, max_length: int, report: S
     """A datasets.Dataset of input_ids/attention_mask/labels (no padding: the collator pads per batch)."""
     import datasets
 
-    encoded = tokenizer(split["text"], truncation=False, add_special_tokens=True)
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    report.truncated = sum(n > max_length for n in lengths)
-    encoded = tokenizer(split["text"], truncation=True, max_length=max_length)
-    return datasets.Dataset.from_dict({**encoded, "labels": split["label"]})
+    from peftkit.progress import map_in_chunks
+
+    def encode(texts: list[str]) -> list[dict[str, list[int]]]:
+        full = tokenizer(texts, truncation=False, add_special_tokens=True)["input_ids"]
+        cut = tokenizer(texts, truncation=True, max_length=max_length)
+        return [{"full": len(ids), **{k: cut[k][i] for k in cut}} for i, ids in enumerate(full)]
+
+    rows = map_in_chunks(encode, split["text"], TOKENIZE_CHUNK, f"tokenizing {Path(report.source).name}",
+                         min_total=LARGE_SPLIT)
+    report.truncated = sum(row.pop("full") > max_length for row in rows)
+    columns = {k: [row[k] for row in rows] for k in (rows[0] if rows else {"input_ids": []})}
+    return datasets.Dataset.from_dict({**columns, "labels": split["label"]})
 
 
 def format_report(data: ClassificationData) -> str:

@@ -18,6 +18,7 @@ import time
 from typing import Any, Sequence
 
 from peftkit.evaluate import classification_metrics
+from peftkit.progress import map_in_chunks
 from peftkit.sft_data import IGNORE, CausalData, completion_part
 from peftkit.sft_encode import Encoded, Encoder
 
@@ -158,7 +159,8 @@ def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool,
     was_training = model.training
     model.eval()
     started = time.time()
-    scores = score_labels(model, encoder, causal.splits[split]["prompt"], causal.label_words, chat, batch_size)
+    scores = map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat, batch_size),
+                           causal.splits[split]["prompt"], 4 * batch_size, "label scoring", key=lambda p: len(str(p)))
     model.train(was_training)
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
     metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)

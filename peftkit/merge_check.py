@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
+from peftkit.progress import with_progress
 from peftkit.recipe import MergeSection, QuantizationSection, Recipe
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ def predict_logits(model, batches) -> torch.Tensor:
     device = getattr(model, "device", torch.device("cpu"))  # a quantized base sits on the GPU when there is one
     out: torch.Tensor | None = None
     with torch.inference_mode():
-        for rows, batch in batches:
+        for rows, batch in with_progress(batches, len(batches), "merge verification", unit="batches", min_total=4):
             logits = model(**batch.to(device)).logits.float().cpu()
             if out is None:
                 out = torch.empty((total, *logits.shape[1:]), dtype=torch.float32)

@@ -17,7 +17,7 @@ from peftkit.io import write_json_atomic
 from peftkit.model import load_tokenizer, local_path, resolve_model_source
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
-from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, open_run_dir,
+from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, finish_run_folder, load_run, open_run_dir,
                                replace_previous_run, resume_point, save_run_files)
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
@@ -80,7 +80,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
         examples = (data.train_examples, data.eval_examples)
         write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, examples,
                                                           before) | facts)
-        say(f"run folder: {run_dir}")
+        say(finish_run_folder(run_dir, recipe.keep_checkpoints))  # prune checkpoints as asked, print the size
     return metrics
 
 

@@ -140,6 +140,7 @@ def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(recipe_dict, default=str))
     out.pop("overwrite_output_dir", None)
     out.pop("output_dir", None)
+    out.pop("keep_checkpoints", None)  # what is kept on disk at the end, not what the run computes
     return out
 
 
@@ -238,9 +239,78 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     remove_incomplete_checkpoints(run_dir, "interrupted while saving")
     if not resume:
         return None
+    if not checkpoints and finished_run(run_dir):
+        raise PeftkitError(
+            f"{run_dir} holds a finished run (adapter/ and {SUMMARY_FILE}) and no checkpoint to resume from (the "
+            "recipe's keep_checkpoints removed them); nothing to resume. Evaluate it with `peftkit evaluate "
+            f"{run_dir}`, or train again with overwrite_output_dir: true")
     if not checkpoints:
         print(f"peftkit: --resume: no complete checkpoint in {run_dir / CHECKPOINT_DIR}; starting from step 0",
               flush=True)
         return None
     print(f"peftkit: resuming from {checkpoints[-1]}", flush=True)
     return str(checkpoints[-1])
+
+
+def finished_run(run_dir: Path) -> bool:
+    """A run that got to its end: the adapter saved and the summary written (the last thing `train` writes)."""
+    return (Path(run_dir) / SUMMARY_FILE).is_file() and (Path(run_dir) / ADAPTER_DIR / "adapter_config.json").is_file()
+
+
+def evaluation_dir(run_dir: Path, data_file: str | None) -> Path:
+    """Where `peftkit evaluate` writes: the run folder for its own eval split; for --data FILE a folder named by
+    the file's stem and a short hash of its resolved path, so two different files named test.csv never overwrite
+    each other's results (evaluating the same file again replaces its own)."""
+    import hashlib
+
+    from peftkit.data import resolve_data_path
+
+    if data_file is None:
+        return Path(run_dir)
+    path = resolve_data_path(data_file)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+    return Path(run_dir) / f"eval-{path.stem}-{digest}"
+
+
+def folder_size(path: Path) -> int:
+    """Bytes in the files under `path` (links not followed)."""
+    total = 0
+    for entry in Path(path).rglob("*"):
+        if entry.is_file() and not entry.is_symlink():
+            total += entry.stat().st_size
+    return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def finish_run_folder(run_dir: Path, keep: str) -> str:
+    """At the end of a successful run (main process): keep checkpoints as the recipe's keep_checkpoints says
+    (last | none | all) and say how much the run folder holds. Returns the line to print."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    checkpoints = complete_checkpoints(run_dir)
+    drop = {"all": [], "last": checkpoints[:-1], "none": checkpoints}[keep]
+    freed = sum(folder_size(p) for p in drop)
+    for path in drop:
+        shutil.rmtree(path, ignore_errors=True)
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if keep == "none" and checkpoint_dir.is_dir() and not any(checkpoint_dir.iterdir()):
+        checkpoint_dir.rmdir()
+    kept = complete_checkpoints(run_dir)
+    parts = [f"adapter {human_size(folder_size(run_dir / ADAPTER_DIR))}"]
+    if kept:
+        parts.append(f"{len(kept)} checkpoint{'s' if len(kept) > 1 else ''} "
+                     f"{human_size(sum(folder_size(p) for p in kept))}")
+    line = f"run folder: {run_dir} ({human_size(folder_size(run_dir))}: {', '.join(parts)})"
+    if drop:
+        line += f"; removed {len(drop)} checkpoint{'s' if len(drop) > 1 else ''} ({human_size(freed)}, keep_checkpoints: {keep})"
+    elif kept and keep == "last":
+        line += "; keep_checkpoints: none removes it (then --resume cannot reload the finished run)"
+    return line

@@ -36,6 +36,8 @@ ALPACA_PROMPT_NO_INPUT = (
 ALPACA_CHAT_PROMPT = "{instruction}\n\n{input}"
 ALPACA_CHAT_PROMPT_NO_INPUT = "{instruction}"
 IGNORE = -100
+LARGE_SPLIT = 5000
+"""Splits of at least this many examples show progress while they are prepared (peftkit/progress.py)."""
 
 
 @dataclass

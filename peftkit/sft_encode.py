@@ -15,7 +15,8 @@ from typing import Any
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection, Recipe
-from peftkit.sft_data import IGNORE, CausalData, CausalSplitReport, classification_prompt, pair
+from peftkit.progress import with_progress
+from peftkit.sft_data import IGNORE, LARGE_SPLIT, CausalData, CausalSplitReport, classification_prompt, pair
 
 def fit_classification_prompts(causal: CausalData, data: DataSection, tokenizer, max_length: int,
                                encoder: Encoder) -> None:
@@ -28,7 +29,9 @@ def fit_classification_prompts(causal: CausalData, data: DataSection, tokenizer,
     for name, split in causal.splits.items():
         report = causal.reports[name]
         examples = []
-        for text, label in zip(split["text"], split["label"]):
+        rows = with_progress(zip(split["text"], split["label"]), len(split["text"]), f"fitting {name} prompts",
+                             min_total=LARGE_SPLIT)
+        for text, label in rows:
             prompt, shortened = fit_text(text, data, tokenizer, max_length, words, encoder)
             examples.append(pair(prompt, words[label], data.use_chat_template))
             report.text_shortened += shortened
@@ -193,7 +196,7 @@ def audit_split(examples: list[dict], encoder: Encoder, max_length: int | None, 
     """Tokenize each example as TRL will, count what truncation to max_length does, and return the indices of
     the examples that keep at least one token to learn from. ``max_length`` None: no truncation."""
     keep = []
-    for i, example in enumerate(examples):
+    for i, example in enumerate(with_progress(examples, len(examples), "tokenizing", min_total=LARGE_SPLIT)):
         enc = encoder.encode(example)
         length = len(enc.input_ids) if max_length is None else min(len(enc.input_ids), max_length)
         learnable = learnable_positions(enc.labels, length)

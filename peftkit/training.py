@@ -12,6 +12,7 @@ from typing import Any
 from peftkit.console import say
 from peftkit.distributed import adjust_training_args_for_launch
 from peftkit.errors import RunStopped
+from peftkit.progress import log_friendly_trainer_args
 from peftkit.guards import MarkCompleteCheckpoints, StopOnSignal, skipped_in_log
 from peftkit.recipe import Recipe
 from peftkit.runfolder import LOG_DIR, remove_incomplete_checkpoints
@@ -26,6 +27,7 @@ def trainer_kwargs(recipe: Recipe, run_dir: Path, *, packing: bool = False) -> d
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
     train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled, packing=packing)
     kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
+    kwargs = log_friendly_trainer_args(kwargs)  # no tqdm redraws into log files (peftkit/progress.py)
     # peftkit rotates checkpoints itself, after marking the new one complete (guards.MarkCompleteCheckpoints)
     kwargs["save_total_limit"] = None
     return kwargs

@@ -57,6 +57,8 @@ def validate(recipe: Recipe) -> None:
         fail("'data' needs 'train_file' (a local csv/tsv/jsonl/parquet file) or 'dataset' (a hub dataset id)")
     if d.dataset is not None and d.train_file is not None:
         fail("'data.dataset' and 'data.train_file' are both set; choose hub or local data")
+    if d.delimiter is not None and len(d.delimiter) != 1:
+        fail(f"'data.delimiter' must be one character, e.g. \";\" or \"\\t\" (in double quotes), got {d.delimiter!r}")
     if not d.has_header and not d.column_names:
         fail("'data.has_header' is false: give 'data.column_names' (e.g. [text, label])")
     if d.column_names and d.has_header:

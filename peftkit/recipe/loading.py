@@ -77,7 +77,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
     reject_unknown(raw, TOP_LEVEL, where, "")
     kwargs: dict[str, Any] = {}
-    for name in ("task", "output_dir", "overwrite_output_dir"):
+    for name in ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints"):
         if name in raw:
             kwargs[name] = coerce(raw[name], Recipe.__dataclass_fields__[name].type, f"{name}", where)
     for name, cls in SECTIONS.items():

@@ -112,6 +112,9 @@ class DataSection:
     max_dropped_fraction: float = 0.5
     """Causal-LM tasks: stop when more than this fraction of a split would be dropped because truncation to
     max_length leaves an example no tokens to learn from (trl#1191)."""
+    delimiter: str | None = None
+    """For csv/tsv files: the one character between fields (";" for European CSV, "|", "\\t"). None: by
+    extension, tab for .tsv and comma for .csv."""
     has_header: bool = True
     """For csv/tsv files. False: give column_names."""
     column_names: list[str] | None = None
@@ -220,6 +223,9 @@ class Recipe:
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     safety: SafetySection = field(default_factory=SafetySection)
     merge: MergeSection = field(default_factory=MergeSection)
+    keep_checkpoints: Literal["last", "none", "all"] = "last"
+    """At the end of a successful run: keep the last checkpoint (``--resume`` of the finished run reloads it),
+    none (the adapter/ folder is the result; ``--resume`` then says the run is finished) or all that rotation kept."""
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -243,7 +249,7 @@ SECTIONS = {
     "safety": SafetySection,
     "merge": MergeSection,
 }
-TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", *SECTIONS, "train")
+TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train")
 
 
 def checkpointing_enabled(train: dict[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.data import split_size
+from peftkit.data import evaluation_file, split_size
 from peftkit.errors import PeftkitError
 from peftkit.evaluate import format_metrics, write_metrics
 from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_metrics
@@ -21,7 +21,7 @@ from peftkit.model import load_causal_lm, load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.runfolder import CHECKPOINT_DIR, LABEL_MAP_FILE, label_names_of
+from peftkit.runfolder import CHECKPOINT_DIR, LABEL_MAP_FILE, evaluation_dir, label_names_of
 from peftkit.sft_data import DEFAULT_CLASSIFICATION_PROMPT, CausalData, format_causal_report, load_causal_data
 from peftkit.sft_encode import prepare_examples, truncation_length
 from peftkit.speed import with_seeded_length_grouping
@@ -128,14 +128,14 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
     """`peftkit evaluate` on a causal-LM run: its adapter on the eval split, or on another file."""
     if (run_dir / LABEL_MAP_FILE).is_file():
         recipe.data.label_names = label_names_of(run_dir)
-    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=data_file)
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed, eval_file=evaluation_file(recipe.data, data_file))
     causal.splits = {"eval": causal.splits["eval"]}
     causal.reports = {"eval": causal.reports["eval"]}
     tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
     encoder = prepare_examples(recipe, tokenizer, causal)
     print(format_causal_report(causal, truncation_length(recipe)), flush=True)
     metrics = evaluate_causal(recipe, model, encoder, causal)
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    out_dir = evaluation_dir(run_dir, data_file)
     print(save_metrics(out_dir, metrics), flush=True)
     print(f"written to {out_dir}", flush=True)
     return metrics

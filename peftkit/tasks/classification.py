@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.data import ClassificationData, format_report, load_classification_data, split_size, tokenize_split
+from peftkit.data import ClassificationData, evaluation_file, format_report, load_classification_data, split_size, tokenize_split
 from peftkit.distributed import disable_token_count_loss_scaling
 from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
 from peftkit.guards import guarded
 from peftkit.model import load_classifier, load_trained_classifier
 from peftkit.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.runfolder import label_names_of
+from peftkit.progress import stderr_is_terminal
+from peftkit.runfolder import evaluation_dir, label_names_of
 from peftkit.speed import collator_pad_multiple, with_seeded_length_grouping
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
 from peftkit.tasks.interface import TaskCard, TaskData
@@ -106,18 +107,18 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
 
     labels = label_names_of(run_dir)
     recipe.data.label_names = labels
-    data = load_classification_data(recipe.data, recipe.seed, eval_file=data_file)
+    data = load_classification_data(recipe.data, recipe.seed, eval_file=evaluation_file(recipe.data, data_file))
     tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, labels)
     eval_ds = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
     print(format_report(data), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=recipe.evaluate.batch_size,
-                                 report_to=[])
+                                 report_to=[], disable_tqdm=not stderr_is_terminal())
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer)
         metrics = predict_metrics(trainer, eval_ds, labels)
     metrics["data_file"] = data.reports["eval"].source
-    out_dir = run_dir if data_file is None else run_dir / f"eval-{Path(data_file).stem}"
+    out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():
         print(save_metrics(out_dir, metrics), flush=True)
         print(f"written to {out_dir}", flush=True)

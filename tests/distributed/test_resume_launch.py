@@ -59,7 +59,7 @@ def test_kill_9_of_a_two_process_launch_then_resume_matches_an_uninterrupted_lau
 def test_nan_on_one_rank_is_skipped_by_every_rank(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_to_end(["train", str(recipe), "safety.on_nonfinite_loss=skip", "train.max_steps=3", "train.save_steps=1",
-                "train.save_total_limit=5", "evaluate.enabled=false"], tmp_path, "nan", launch=LAUNCH, hooked=True,
+                "train.save_total_limit=5", "evaluate.enabled=false", "keep_checkpoints=all"], tmp_path, "nan", launch=LAUNCH, hooked=True,
                PEFTKIT_TEST_NAN_STEPS="2", PEFTKIT_TEST_NAN_RANK="1")
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["skipped_nonfinite_batches"] == 1 and summary["global_step"] == 3

@@ -100,15 +100,48 @@ def test_evaluate_on_another_file(generative_run, tmp_path):
     lines = (SHARED_DATA / "sst2" / "test_labeled.tsv").read_text(encoding="utf-8").splitlines()[:7]
     other.write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert main(["evaluate", str(generative_run), "--data", str(other)]) == 0
-    metrics = json.loads((generative_run / "eval-other" / "metrics.json").read_text())
+    (out,) = generative_run.glob("eval-other-*")
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_examples"] == 6
 
 
-def test_generate_prints_an_answer(generative_run, capsys):
+def test_generate_prints_label_probabilities_through_the_runs_template(generative_run, capsys):
+    """The label names with probabilities, equal to a softmax of evaluation's label scores for the prompt built
+    with the run's template ("Review: {text}\nSentiment:"), not of the bare text."""
+    import math
+
+    from peftkit.cli import main
+    from peftkit.generative import score_labels
+    from peftkit.model import load_trained_causal_lm
+    from peftkit.runfolder import load_run
+    from peftkit.sft_data import encoder_for
+
+    text = "a gorgeous, witty, seductive movie ."
+    assert main(["generate", str(generative_run), text]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    printed = {line.split()[0]: float(line.split()[1]) for line in lines}
+    assert set(printed) == {"negative", "positive"} and abs(sum(printed.values()) - 1) < 1e-3
+    assert printed[lines[0].split()[0]] >= printed[lines[1].split()[0]]  # the prediction first
+    run_dir, recipe = load_run(generative_run)
+    tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
+    encoder = encoder_for(recipe, tokenizer)
+
+    def probs(prompt):
+        scores = score_labels(model.eval(), encoder, [prompt], [" negative", " positive"], False)[0]
+        total = sum(math.exp(s) for s in scores)
+        return {"negative": math.exp(scores[0]) / total, "positive": math.exp(scores[1]) / total}
+
+    templated, bare = probs(f"Review: {text}\nSentiment:"), probs(text)
+    assert all(abs(printed[k] - templated[k]) < 1e-3 for k in printed)
+    assert any(abs(printed[k] - bare[k]) > 1e-3 for k in printed), "the template changes the scores"
+
+
+def test_generate_raw_generates_text(generative_run, capsys):
     from peftkit.cli import main
 
-    assert main(["generate", str(generative_run), "Is this movie good?", "--max-new-tokens", "4"]) == 0
-    assert capsys.readouterr().out.endswith("\n")
+    assert main(["generate", str(generative_run), "Is this movie good?", "--raw", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and "positive  0." not in out and "negative  0." not in out
 
 
 def test_generate_refuses_a_classification_head_run(tmp_path, capsys):

@@ -61,7 +61,8 @@ def test_evaluate_on_another_file(trained_run, sst2_small):
     run_dir, _ = trained_run
     result = run_cli("evaluate", str(run_dir), "--data", str(sst2_small["train"]))
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run_dir / "eval-train" / "metrics.json").read_text())
+    (out,) = run_dir.glob("eval-train-*")  # named by the file's stem and a hash of its path
+    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_examples"] == 96
 
 

@@ -58,7 +58,7 @@ def test_csv_and_parquet_read_like_tsv(tmp_path):
 
 def test_wrong_encoding_names_the_file(tmp_path):
     (tmp_path / "latin1.tsv").write_bytes("text\tlabel\ncaf\xe9\t1\nok\t0\n".encode("latin-1"))
-    with pytest.raises(PeftkitError, match=r"latin1.tsv: not UTF-8"):
+    with pytest.raises(PeftkitError, match=r"latin1.tsv: line 2 is not UTF-8 text \(column 4, byte 14 of the file"):
         load_classification_data(DataSection(train_file=str(tmp_path / "latin1.tsv")), 0)
 
 

@@ -151,10 +151,11 @@ CASES = [
      "h.tsv: no data rows (only a header?)"),
     ("latin-1-encoding", lambda c: c.train(data={"train_file": str(c.write("l.tsv", (TSV_HEADER + "café crème\t1\n")
                                                                           .encode("latin-1")))}),
-     "l.tsv: not UTF-8 text (byte 18: invalid continuation byte); re-save it as UTF-8"),
+     "l.tsv: line 2 is not UTF-8 text (column 4, byte 18 of the file: b'\\xe9 cr', invalid continuation byte); "
+     "re-save it as UTF-8"),
     ("utf-16-encoding", lambda c: c.train(data={"train_file": str(c.write("u.tsv", (TSV_HEADER + "good\t1\n")
                                                                           .encode("utf-16")))}),
-     "u.tsv: not UTF-8 text"),
+     "u.tsv: line 1 is not UTF-8 text (column 1, byte 0"),
     ("eval-file-missing-text-column", lambda c: c.train(data={"eval_file": str(c.write("ev.tsv", "text\tlabel\nok\t1\n"))}),
      "ev.tsv: column 'sentence' (data.text_column) not found; the file has columns text, label"),
     ("ragged-row", lambda c: c.train(data={"train_file": str(c.write("r.tsv", TSV_HEADER + "a\t1\nb\t0\textra\n"))}),

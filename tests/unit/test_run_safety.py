@@ -88,7 +88,7 @@ def test_skipped_batches_are_counted_across_a_resume(tiny_llama_dir, sst2_small,
     """NaN (injected) at steps 2 and 4 with skip; SIGTERM (to this process) during step 5; --resume: 2 skipped in
     the summary, and the skipped steps left the weights as they were."""
     recipe = tiny_recipe(tiny_llama_dir, sst2_small, tmp_path / "run", safety={"on_nonfinite_loss": "skip"},
-                         evaluate={"enabled": False})
+                         evaluate={"enabled": False}, keep_checkpoints="all")  # the test reads every checkpoint
     recipe["train"].update(max_steps=6, save_strategy="steps", save_steps=1, save_total_limit=10)
     path = write_recipe(tmp_path / "recipe.yaml", recipe)
     run_dir = tmp_path / "run"
