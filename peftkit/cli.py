@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_push_parser(sub)
 
+    from peftkit.serve.command import add_serve_parser
+
+    add_serve_parser(sub)
+
     generate = sub.add_parser("generate", help="print a causal-LM run's answer to a prompt",
                               description="Answer PROMPT with the base model + trained adapter of RUN_DIR (task sft "
                                           "or generative_classification), greedy, through the chat template.")
