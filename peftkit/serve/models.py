@@ -33,6 +33,8 @@ class BaseGroup:
     model: Any = None
     pad_token_id: int = 0
     padding_side: str = "right"
+    merged: bool = False
+    """The only adapter of this base is merged into its weights (see load_group)."""
     runs: list["ServedRun"] = field(default_factory=list)
 
 
@@ -153,6 +155,11 @@ def load_group(group: BaseGroup) -> None:
     for run in group.runs[1:]:
         model.load_adapter(str(run.run_dir / ADAPTER_DIR), adapter_name=run.adapter, is_trainable=False)
     group.model = model.eval()
+    if len(group.runs) == 1 and not recipe.quantization.enabled:
+        # One adapter on this base: fold it into the weights (PEFT keeps it, flagged merged), so each pass costs
+        # what the plain model costs. Not for 4/8-bit bases, where merging would round the adapter away.
+        group.model.merge_adapter()
+        group.merged = True
     group.pad_token_id = first.tokenizer.pad_token_id
     group.padding_side = first.tokenizer.padding_side
     for run in group.runs:

@@ -121,15 +121,14 @@ API_KEY = "test-key-PLANTED-9f8e7d6c5b4a"
 
 @pytest.fixture(scope="module")
 def servers(runs, tmp_path_factory):
-    """Three servers started together (their start-up overlaps): main (all four runs), guarded (an API key and a
-    queue of 8 texts), and one that the SIGTERM test stops."""
+    """Two servers started together (their start-up overlaps): main (all four runs) and guarded (an API key, a queue
+    of 8 texts). The SIGTERM test stops the guarded one, so it comes after the other tests that use it."""
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
         "main": Server([f"{n}={p}" for n, p in runs.items()] + ["--max-wait-ms", "20", "--max-body-bytes", "65536",
                                                              "--max-new-tokens", "64"], logs, "main"),
         "guarded": Server([f"a={runs['a']}", "--max-queue", "8", "--max-texts", "8", "--max-wait-ms", "50"], logs,
                           "guarded", PEFTKIT_API_KEY=API_KEY),
-        "sigterm": Server([f"a={runs['a']}", "--max-wait-ms", "100"], logs, "sigterm"),
     }
     try:
         for server in started.values():
@@ -229,6 +228,7 @@ def test_runs_on_one_base_share_it(servers):
 
 def test_a_shared_base_is_one_copy_of_the_weights(runs):
     """In-process: two runs on one base load one model holding both adapters (and both heads), not two bases."""
+    from peftkit.serve.inference import classify_head
     from peftkit.serve.models import load_runs
 
     with torch_threads(1):
@@ -238,6 +238,15 @@ def test_a_shared_base_is_one_copy_of_the_weights(runs):
     size = lambda runs: sum(p.numel() for p in runs[0].group.model.parameters())  # noqa: E731
     adapter = size(one) - sum(p.numel() for n, p in one[0].group.model.named_parameters() if "run0" not in n)
     assert size(two) == size(one) + adapter
+    # A lone adapter is merged into its base for speed: it must still answer as the adapter model does.
+    assert one[0].group.merged and not two[0].group.merged
+    with torch_threads(1):
+        merged = classify_head(one[0].group, [(one[0], t) for t in TEXTS], 32, lambda f: None)
+        mixed = classify_head(two[0].group, [(two[i % 2], t) for i, t in enumerate(TEXTS * 2)], 4, lambda f: None)
+    expected = {name: reference_probs(runs[name], TEXTS) for name in ("a", "b")}
+    close = lambda x, y: max(abs(p - q) for a, b in zip(x, y) for p, q in zip(a, b)) < 2e-5  # noqa: E731
+    assert close(merged, expected["a"])
+    assert close(mixed, [expected["ab"[i % 2]][i % len(TEXTS)] for i in range(2 * len(TEXTS))])
 
 
 def test_generative_classification_run(main_url, runs):
@@ -416,7 +425,7 @@ def test_metrics_count_requests_batches_and_errors(main_url):
 def test_sigterm_during_load_answers_every_accepted_request(servers):
     """Clients keep sending (a new connection per request) while SIGTERM arrives. Requests the server accepted
     must all be answered 200; after that, connections are refused; the process exits 0."""
-    server = servers["sigterm"]
+    server = servers["guarded"]
     results: list[tuple[float, float, str]] = []  # (sent, answered, outcome)
     lock = threading.Lock()
     stop_sending = threading.Event()
@@ -428,7 +437,7 @@ def test_sigterm_during_load_answers_every_accepted_request(servers):
             sent = time.monotonic()
             try:
                 r = httpx.post(server.url + "/v1/classify", json={"model": "a", "text": TEXTS[i % len(TEXTS)]},
-                               headers={"Connection": "close"}, timeout=60)
+                               headers={"Connection": "close", "Authorization": f"Bearer {API_KEY}"}, timeout=60)
                 outcome = str(r.status_code)
             except httpx.ConnectError:
                 outcome = "refused"
@@ -474,3 +483,24 @@ def test_page_shows_label_probabilities_in_a_headless_browser(main_url, tmp_path
     expected = post(main_url, "/v1/classify", {"model": "a", "text": "a gripping, beautifully acted film"}).json()
     best = expected["results"][0]["label"]
     assert html.count('class="bar') == 2 and f'class="bar best"><span class="name">{best}</span>' in html
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond one machine: what vLLM's LoRA loader reads
+# ---------------------------------------------------------------------------------------------
+
+
+def test_sft_adapter_folder_has_what_vllm_multi_lora_loads(runs):
+    """`vllm serve BASE --enable-lora --lora-modules chat=RUN/adapter` reads adapter_config.json (peft_type LORA,
+    r, lora_alpha, target_modules) and adapter_model.safetensors with PEFT's key names; it refuses
+    modules_to_save other than embeddings/lm_head. Checked here (vLLM itself needs a GPU)."""
+    from safetensors import safe_open
+
+    adapter = runs["chat"] / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    assert config["target_modules"] and not config.get("modules_to_save")
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("base_model.model.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    assert not list(adapter.glob("*.bin"))
