@@ -83,9 +83,9 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out, self.err = log_dir / f"{name}.out", log_dir / f"{name}.err"
-        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
+        inherited = {k: v for k, v in os.environ.items() if k != "PEFTKIT_API_KEY"}  # only the key a test sets
+        child_env = {**inherited, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
                      "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **env}
-        child_env.pop("PEFTKIT_API_KEY", None) if "PEFTKIT_API_KEY" not in env else None
         self.proc = subprocess.Popen([sys.executable, "-m", "peftkit", "serve", *args, "--port", str(self.port)],
                                      cwd=REPO, env=child_env, stdout=self.out.open("w"), stderr=self.err.open("w"))
 
