@@ -77,7 +77,9 @@ def cmd_serve(args) -> int:
                     max_body_bytes=args.max_body_bytes, timeout_s=args.timeout, max_new_tokens=args.max_new_tokens)
     app = create_app(runs, limits, api_key)
     serve(app, args.host, args.port, grace_s=args.timeout + 5)
-    say("peftkit serve: stopped")
+    answered = app.state.metrics.answered()
+    say(f"peftkit serve: stopped; answered {sum(answered.values())} requests "
+        f"({', '.join(f'{status}: {n}' for status, n in sorted(answered.items()))})")
     return 0
 
 

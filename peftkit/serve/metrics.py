@@ -21,6 +21,16 @@ class Metrics:
         self.errors = Counter("peftkit_errors_total", "Requests answered with an error", ["kind"],
                               registry=self.registry)
 
+    def answered(self) -> dict[str, int]:
+        """Requests answered so far, by status ("200": 41, ...), over every endpoint."""
+        counts: dict[str, int] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    status = sample.labels["status"]
+                    counts[status] = counts.get(status, 0) + int(sample.value)
+        return counts
+
     def exposition(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
