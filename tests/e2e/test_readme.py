@@ -34,6 +34,15 @@ COVERED = {
                                                                                  '"deepspeed_zero3.yaml"'),
     "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),  # from the repo root
     "python benchmarks/bench_classification.py": ("tests/unit/test_bench_helpers.py", "bench"),
+    # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
+    "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
+    "PEFTKIT_API_KEY=": ("tests/e2e/test_serve.py", "PEFTKIT_API_KEY"),
+    "curl -s localhost:8000/v1/classify": ("tests/e2e/test_serve.py", "/v1/classify"),
+    "pip install 'peftkit[serve]'": ("pyproject.toml", "serve = ["),
+    # GPU serving engines: what can be checked here is that the folders hold what they load
+    "vllm serve": ("tests/e2e/test_serve.py", "test_sft_adapter_folder_has_what_vllm_multi_lora_loads"),
+    "peftkit merge runs/my-sft && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),
+    "peftkit merge runs/sst2-smollm2-lora-cls && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),
 }
 
 
@@ -41,7 +50,7 @@ def readme_commands() -> list[str]:
     text = README.read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # a backslash continues the command
             line = re.sub(r"\s+#.*$", "", line).strip()
             if line and not line.startswith("#"):
                 commands.append(line)
@@ -119,7 +128,7 @@ def test_readme_walkthrough_runs(tmp_path, tiny_causal_dir, monkeypatch, capsys,
             labels = [line.split()[0] for line in out.strip().splitlines()]
             assert sorted(labels) == ["negative", "positive"]
     assert [name for name, _ in ran] == ["init", "validate", "train", "evaluate", "merge", "push", "train", "train",
-                                         "init", "train", "generate"]
+                                         "init", "train", "generate"]  # serve: tests/e2e/test_serve.py
     run = tmp_path / "runs" / "my_reviews-minilm"
     assert (run / "metrics.json").is_file() and (run / "merged").is_dir()
     assert len(list(run.glob("eval-new_reviews-*/metrics.json"))) == 1
