@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from peftkit.errors import PeftkitError
-from peftkit.init_recipe import choose_label_words, detect_layout, init_recipe, looks_like_header
+from peftkit.init_detect import detect_layout, looks_like_header
+from peftkit.init_recipe import choose_label_words, init_recipe
 from peftkit.recipe import load_recipe
 from peftkit.validate import check_recipe_inputs
 from tests.conftest import SHARED_DATA, SST2
