@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftkit.adapters import attach_adapter, parameter_counts, save_adapter
-from peftkit.console import say
+from peftkit.console import say, set_stage
 from peftkit.distributed import check_launch
 from peftkit.io import write_json_atomic
 from peftkit.model import load_tokenizer, local_path, resolve_model_source
+from peftkit.model_check import check_recipe_against_model
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, prepare_run_dir, resume_point,
                                save_run_files)
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
-from peftkit.training import skipped_batches, train_until_done_or_signalled
+from peftkit.training import skipped_batches, train_until_done_or_signalled, warn_if_almost_nothing
 
 
 def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[str, Any]:
@@ -40,6 +41,8 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
     data = task.load_data(recipe, tokenizer)
+    check_recipe_against_model(recipe, source, len(data.label_names) if data.label_names else None)
+    warn_if_almost_nothing(recipe, data.train_examples)
     # ---- run folder: refuses to mix runs; finds the checkpoint to resume ---------------------
     run_dir = prepare_run_dir(recipe)
     checkpoint = resume_point(run_dir, resume, recipe.source)
@@ -48,7 +51,11 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     args = task.training_arguments(recipe, run_dir)
     check_launch(args)
     # ---- model -------------------------------------------------------------------------------
+    set_stage("loading the model")
     model = task.load_model(recipe, tokenizer, data, source)
+    for head in getattr(model, "peftkit_new_heads", ()):
+        say(f"the classification head ({head}) is new and trained by this run")
+    set_stage("preparing the run")
     model = prepare_for_training(model, recipe.quantization, checkpointing_enabled(recipe.train))
     # ---- adapter -----------------------------------------------------------------------------
     set_seed(recipe.seed)
@@ -69,6 +76,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
     # ---- evaluate ----------------------------------------------------------------------------
+    set_stage("evaluating")
     metrics = task.evaluate(recipe, trainer, data) if recipe.evaluate.enabled else {}
     # ---- metrics and summary, written by the main process ------------------------------------
     if trainer.is_world_process_zero():
