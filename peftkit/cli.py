@@ -23,15 +23,16 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from peftkit import quiet
+
+    # before the parser is built: building it imports the push command, hence transformers and bitsandbytes
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):
+        os.environ["PEFTKIT_VERBOSE"] = "1"
+    quiet.install()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         take_late_overrides(parser, args, extra)
-    if getattr(args, "verbose", False):
-        os.environ["PEFTKIT_VERBOSE"] = "1"
-    from peftkit import quiet
-
-    quiet.install()
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -15,7 +15,7 @@ from peftkit.console import say, set_stage
 from peftkit.distributed import check_launch
 from peftkit.io import write_json_atomic
 from peftkit.model import load_tokenizer, local_path, resolve_model_source
-from peftkit.model_check import check_recipe_against_model
+from peftkit.model_check import check_positions, check_recipe_against_model
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, load_run, prepare_run_dir, resume_point,
@@ -36,7 +36,8 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
-    # ---- cheap checks: model source, tokenizer and data, before anything is written or loaded --
+    # ---- cheap checks: model source, tokenizer, data, and the model built from its config on the meta device
+    #      (target modules, positions, weights vs config.json), before anything is written or loaded -------
     resolve_model_source(recipe.model)
     source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
@@ -53,6 +54,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     # ---- model -------------------------------------------------------------------------------
     set_stage("loading the model")
     model = task.load_model(recipe, tokenizer, data, source)
+    check_positions(recipe, model.config, source)  # again on the loaded config: a hub model was not checked before
     for head in getattr(model, "peftkit_new_heads", ()):
         say(f"the classification head ({head}) is new and trained by this run")
     set_stage("preparing the run")
