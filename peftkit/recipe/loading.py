@@ -163,8 +163,9 @@ def build_train(raw: dict[str, Any], where: str, task: str = "classification") -
             if key in SFT_TRAIN_RESERVED:
                 raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; {SFT_TRAIN_RESERVED[key]}")
             if key in causal_only:
-                raise PeftkitError(f"{where}: 'train.{key}' is a key of task sft and generative_classification "
-                                   f"(trl.SFTConfig), not of task {task}; remove it, or set task: sft")
+                raise PeftkitError(f"{where}: unknown key 'train.{key}': it is a key of task sft and "
+                                   f"generative_classification (trl.SFTConfig), not of task {task}; remove it, or "
+                                   "set task: sft")
     reject_unknown(raw, fields, where, "train.", list_known=False)
     values = {**TRAIN_DEFAULTS, **(SFT_TRAIN_DEFAULTS if causal else {})}
     if causal and "gradient_checkpointing" not in raw and "activation_checkpointing" not in raw:
