@@ -39,8 +39,17 @@ def attach_adapter(model, section: AdapterSection, task_type: str):
     """Wrap the model with a fresh adapter. The seed must already be set (adapter init is random)."""
     from peft import get_peft_model
 
+    from peftkit.errors import PeftkitError
+
     heads = classification_head_names(model) if task_type == "SEQ_CLS" else []
-    return get_peft_model(model, lora_config(section, task_type, heads))
+    try:
+        return get_peft_model(model, lora_config(section, task_type, heads))
+    except ValueError as e:  # peft's NoMatchingPeftModuleError and "Target modules ... not found" are ValueErrors
+        if "target" not in str(e).lower():
+            raise
+        raise PeftkitError(f"'adapter.target_modules' {section.target_modules!r} match no module of the model "
+                           f"({type(model).__name__}); name its linear layers (q_proj, v_proj, ...) or use "
+                           "all-linear") from None
 
 
 def parameter_counts(model) -> tuple[int, int]:

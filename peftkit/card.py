@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from peftkit.errors import PeftkitError
+from peftkit.runfolder import read_run_recipe
 from peftkit.tasks.cards import fmt as _fmt, is_number
 from peftkit.tasks.interface import TaskCard
 
@@ -56,7 +57,7 @@ def load_run_record(run_dir: str | Path) -> RunRecord:
     if not run_dir.is_dir():
         raise PeftkitError(f"run folder {run_dir} does not exist (expected the output_dir of `peftkit train`)")
     recipe_file = run_dir / "recipe.yaml"
-    recipe = _read_mapping(recipe_file, yaml.safe_load) if recipe_file.is_file() else {}
+    recipe = read_run_recipe(recipe_file) if recipe_file.is_file() else {}
     labelled = recipe.get("task", "classification") in LABELLED_TASKS  # an sft run has no label map
     required = REQUIRED_RUN_FILES + (("label_map.json",) if labelled else ())
     missing = [name for name in required if not (run_dir / name).is_file()]
@@ -79,7 +80,9 @@ def _read_mapping(path: Path, parse) -> dict[str, Any]:
     try:
         value = parse(path.read_text(encoding="utf-8"))
     except (ValueError, yaml.YAMLError) as exc:
-        raise PeftkitError(f"{path} is not valid {path.suffix.lstrip('.').upper()}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PeftkitError(f"{path} is not valid {path.suffix.lstrip('.').upper()} ({first}): the file is damaged "
+                           "or was cut short") from None
     if not isinstance(value, dict):
         raise PeftkitError(f"{path} should hold a mapping at the top level, found {type(value).__name__}")
     return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from peftkit import __version__
@@ -13,15 +14,31 @@ from peftkit.io import storage_error
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training (training has its own handler, which saves a checkpoint first)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    from peftkit import quiet
     from peftkit.progress import quiet_library_bars_in_logs
 
     quiet_library_bars_in_logs()  # before transformers is imported: no tqdm redraws in log files
+    # before the parser is built: building it imports the push command, hence transformers and bitsandbytes
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):
+        os.environ["PEFTKIT_VERBOSE"] = "1"
+    quiet.install()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        take_late_overrides(parser, args, extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = _install_sigterm()
     try:
         return args.func(args) or 0
     except PeftkitError as e:
@@ -30,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(f"peftkit: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        from peftkit.console import current_stage
+
+        print(f"peftkit: stopped by SIGTERM while {current_stage()}; nothing was left half-written. Run the same "
+              "command again (a train run with checkpoints continues with --resume)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("peftkit: interrupted", file=sys.stderr)
         return 130
@@ -39,6 +62,27 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"peftkit: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _install_sigterm():
+    """SIGTERM (a scheduler, `kill`) while loading or evaluating: one line and exit 143, not a silent death."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
+
+
+def take_late_overrides(parser: argparse.ArgumentParser, args, extra: list[str]) -> None:
+    """`peftkit train RECIPE --resume train.max_steps=5`: argparse stops taking positionals at an option; overrides
+    written after it are still overrides. Anything else unknown is argparse's usual error."""
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                "accelerate launch --config_file accelerate_configs/ddp.yaml -m peftkit train RECIPE",
     )
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party warnings peftkit hides by default (load reports, deprecations)")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     init = sub.add_parser("init", help="write a commented recipe for your own labelled data file",
@@ -85,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a recipe (keys, types, files, columns) without training",
                               description="Check a recipe without loading a model: keys, types, combinations, "
                                           "data files, columns and labels.")
-    add_recipe_arguments(validate, optional=False)
+    add_recipe_arguments(validate, optional=True, default_help=False)
     validate.set_defaults(func=cmd_validate)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's adapter: metrics.json, report, confusion matrix",
@@ -135,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="no templates, no label scoring: TEXT as it is, greedy generation (the behaviour "
                                "before templates were applied, without the chat template)")
     generate.set_defaults(func=cmd_generate)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="also show third-party warnings peftkit hides by default")
     return parser
 
 
@@ -150,9 +199,9 @@ def verify_samples_arg(text: str) -> int | str:
     return value
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool) -> None:
+def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool, default_help: bool = True) -> None:
     parser.add_argument("recipe", metavar="RECIPE", nargs="?" if optional else None,
-                        help="recipe YAML file" + (" (default: the built-in SST-2 quickstart)" if optional else ""))
+                        help="recipe YAML file" + (" (default: the built-in SST-2 quickstart)" if default_help else ""))
     parser.add_argument("overrides", metavar="section.key=value", nargs="*",
                         help="override recipe values, e.g. train.learning_rate=1e-4 data.max_train_samples=500")
 
@@ -190,6 +239,8 @@ def cmd_validate(args) -> int:
     from peftkit.recipe import load_recipe
     from peftkit.validate import check_recipe_inputs
 
+    if args.recipe is None or ("=" in args.recipe and not os.path.exists(args.recipe)):
+        raise PeftkitError("validate needs a recipe file: peftkit validate RECIPE.yaml [section.key=value ...]")
     recipe = load_recipe(args.recipe, args.overrides)
     print(check_recipe_inputs(recipe))
     return 0

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import os
 
+_stage = ["loading"]
+
 
 def say(message: str) -> None:
     """Progress for the person at the terminal, from the main process only."""
     if int(os.environ.get("RANK", 0)) == 0:
         print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    """A legal input that is almost surely a mistake: one line, from the main process only."""
+    say(f"peftkit: warning: {message}")
+
+
+def set_stage(text: str) -> None:
+    """What the command is doing now ("loading the model", "evaluating"), for the message of a SIGTERM."""
+    _stage[0] = text
+
+
+def current_stage() -> str:
+    return _stage[0]

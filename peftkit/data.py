@@ -114,6 +114,7 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
         raise PeftkitError(f"{path}: cannot be read as {kind}: {str(e).splitlines()[0]}") from None
     if not rows:
         raise PeftkitError(f"{path}: no data rows (only a header?)")
+    check_header_unique(path, kind, data)
     return rows
 
 
@@ -138,6 +139,23 @@ def delimiter_of(path: Path, data: DataSection) -> str:
     if data.delimiter is not None:
         return data.delimiter
     return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def check_header_unique(path: Path, kind: str, data: DataSection) -> None:
+    """A csv/tsv header that names a column twice: the readers keep the last one silently. Read apart from the
+    readers (the first line only), with the delimiter the reader used."""
+    if kind not in ("csv", "tsv") or not data.has_header:
+        return
+    delimiter = delimiter_of(path, data)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        header = next(csv.reader(f, delimiter=delimiter,
+                                 quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL), [])
+    seen = set()
+    for name in header:
+        if name in seen:
+            raise PeftkitError(f"{path}: column {name!r} appears twice in the header ({', '.join(header)}); only "
+                               "the last would be read. Rename or remove one of them")
+        seen.add(name)
 
 
 def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
@@ -220,6 +238,8 @@ def load_classification_data(data: DataSection, seed: int, eval_file: str | None
         if not splits[name]["text"]:
             raise PeftkitError(f"{source}: no usable rows left ({reports[name].skipped} skipped); "
                                + "; ".join(reports[name].examples_of_bad_rows[:2]))
+    if "train" in splits:
+        check_label_coverage(splits["train"]["label"], label_names, reports["train"])
     if "eval" not in splits:
         splits["train"], splits["eval"] = hold_out(splits["train"], data.eval_fraction, seed)
         reports["eval"] = SplitReport(source=f"{reports['train'].source} (held out {data.eval_fraction:.0%})",
@@ -301,6 +321,25 @@ def clean_split(rows: list[dict], source: str, data: DataSection, label_names: l
                            "Fix the file or set data.invalid_rows: skip")
     report.rows_used = len(texts)
     return {"text": texts, "label": labels}, report
+
+
+def check_label_coverage(labels: list[int], label_names: list[str], report: SplitReport) -> None:
+    """Every class must have training rows: a run whose data holds one class learns a constant, and a label name
+    with no row (often a typo in data.label_names, whose rows were then skipped as unknown) drops a whole class."""
+    counts = [0] * len(label_names)
+    for label in labels:
+        counts[label] += 1
+    present = [name for name, n in zip(label_names, counts) if n]
+    absent = [name for name, n in zip(label_names, counts) if not n]
+    skipped = f" ({report.unknown_label} rows with other labels were skipped)" if report.unknown_label else ""
+    if len(present) < 2 and not (absent and report.unknown_label):
+        raise PeftkitError(f"{report.source}: the training rows hold one class only ({', '.join(present)}) of "
+                           f"{', '.join(label_names)}{skipped}; a classifier needs rows of at least two classes")
+    if absent:
+        names = ", ".join(repr(n) for n in absent)
+        raise PeftkitError(f"{report.source}: label {names} (data.label_names) has no row in the training data; "
+                           f"labels found: {', '.join(present)}{skipped}. Fix the name in data.label_names or "
+                           "remove it")
 
 
 def split_size(split: dict[str, list]) -> int:

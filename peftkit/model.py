@@ -47,6 +47,10 @@ def check_local_folder(path: Path, model: ModelSection) -> None:
                            "pickles can run code when loaded. Convert them to safetensors, or set "
                            "model.allow_pickle: true if you trust the files")
     check_custom_code(path, model)
+    from peftkit.integrity import check_folder_files, check_tokenizer_files
+
+    check_folder_files(path, advice="; download or copy the model folder again (model.name_or_path)")
+    check_tokenizer_files(path, "model.name_or_path:")
 
 
 def check_custom_code(path: Path, model: ModelSection) -> None:
@@ -154,7 +158,13 @@ def _load_model(auto_class, model: ModelSection, quant: QuantizationSection, tok
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = quantized_device_map()
-    net = _from_pretrained(auto_class, source or local_path(model), model, **kwargs)
+    source = source or local_path(model)
+    net, info = _from_pretrained(auto_class, source, model, output_loading_info=True, **kwargs)
+    from peftkit.model_check import check_loaded_weights
+
+    # transformers only logs what did not load (a table peftkit.quiet hides): any base weight missing or unexpected
+    # means a random model would be trained; a new task head is expected, and named in one line by the run.
+    net.peftkit_new_heads = check_loaded_weights(net, info, source)
     net.config.pad_token_id = tokenizer.pad_token_id
     if quant.load_in_4bit:
         disable_cpu_weight_repacking(net)
@@ -175,7 +185,17 @@ def _from_pretrained(cls, source: str, model: ModelSection, **kwargs):
     try:
         return cls.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code,
                                    **safe, **kwargs)
+    except RuntimeError as e:
+        if "Error(s) in loading state_dict" not in str(e):
+            raise
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), "")
+        raise PeftkitError(f"model.name_or_path: the weights in {source} do not match its config.json ({detail[:300]})"
+                           "; use the config.json that came with these weights") from None
     except ValueError as e:
+        if "Couldn't instantiate the backend tokenizer" in str(e):
+            raise PeftkitError(f"{source} has no usable tokenizer files (tokenizer.json, tokenizer.model, vocab.txt, "
+                               "...); copy the tokenizer of the base model into it (tokenizer.save_pretrained)"
+                               ) from None
         if "trust_remote_code" not in str(e):
             raise
         raise PeftkitError(f"model.name_or_path {model.name_or_path!r} needs its own Python code to load; peftkit "

@@ -86,6 +86,7 @@ def push_run(
     _validate_repo_id(repo_id)
     run = load_run_record(run_dir)
     source_dir = _source_dir(run_dir, merged=merged)
+    _check_sources(run_dir, source_dir, merged=merged)
     base_id, base_source = resolve_base_hub_id(run, base_model_id)
     staging = _stage(run_dir, source_dir, merged=merged, repo_id=repo_id, base_id=base_id)
     plan = PushPlan(
@@ -130,6 +131,23 @@ def _source_dir(run_dir: Path, *, merged: bool) -> Path:
     if not (source / "adapter_config.json").is_file():
         raise PeftkitError(f"{source}/adapter_config.json is missing; the run did not save an adapter")
     return source
+
+
+def _check_sources(run_dir: Path, source_dir: Path, *, merged: bool) -> None:
+    """Every weight file and JSON file to be staged must load (a truncated, empty or garbage adapter is not "ready
+    to upload"), and the label map must be a label map: checked before anything is staged or sent."""
+    from peftkit.integrity import check_folder_files, read_json_object
+    from peftkit.runfolder import DAMAGED_RUN_ADVICE, check_run_files
+
+    check_run_files(run_dir, adapter=not merged)
+    if merged:
+        advice = f"; run `peftkit merge {run_dir}` again"
+        check_folder_files(source_dir, advice)
+        read_json_object(source_dir / "config.json", advice)
+        if not any(source_dir.glob("*.safetensors")):
+            raise PeftkitError(f"{source_dir} has no safetensors weights{advice}")
+    else:
+        read_json_object(source_dir / "adapter_config.json", DAMAGED_RUN_ADVICE)
 
 
 def _stage(run_dir: Path, source_dir: Path, *, merged: bool, repo_id: str, base_id: str) -> Path:

@@ -11,17 +11,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from peftkit.adapters import attach_adapter, parameter_counts, save_adapter
-from peftkit.console import say
+from peftkit.console import say, set_stage
 from peftkit.distributed import check_launch
 from peftkit.io import write_json_atomic
 from peftkit.model import load_tokenizer, local_path, resolve_model_source
+from peftkit.model_check import check_positions, check_recipe_against_model
 from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, finish_run_folder, load_run, open_run_dir,
                                replace_previous_run, resume_point, save_run_files)
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
-from peftkit.training import skipped_batches, train_until_done_or_signalled
+from peftkit.training import skipped_batches, train_until_done_or_signalled, warn_if_almost_nothing
 
 
 def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[str, Any]:
@@ -35,14 +36,17 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     started = time.time()
     # ---- seed: first, so adapter init, dropout and shuffling are all reproducible -------------
     set_seed(recipe.seed)
-    # ---- cheap checks: model source, data files, run folder (refuses to mix runs; takes the lock)
+    # ---- cheap checks: model source, data files, the model built from its config on the meta device
+    #      (target modules, positions, weights vs config.json), the run folder (refuses to mix runs; lock)
     resolve_model_source(recipe.model)
     raw = task.read_data(recipe)
+    source = local_path(recipe.model)
+    check_recipe_against_model(recipe, source, len(raw.label_names) if raw.label_names else None)
     run_dir = open_run_dir(recipe, resume)
     # ---- tokenizer, and the data as training will see it (a task may still stop: nothing lost) -
-    source = local_path(recipe.model)
     tokenizer = load_tokenizer(recipe.model, source)
     data = task.prepare_data(recipe, tokenizer, raw)
+    warn_if_almost_nothing(recipe, data.train_examples)
     # ---- run folder: the previous run replaced if asked; the checkpoint to resume ------------
     checkpoint = resume_point(replace_previous_run(run_dir, recipe), resume, recipe.source)
     before = losses_before(checkpoint)  # read now: checkpoint rotation may delete that checkpoint
@@ -50,7 +54,10 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     args = task.training_arguments(recipe, run_dir)
     check_launch(args)
     # ---- model -------------------------------------------------------------------------------
+    set_stage("loading the model")
     model = task.load_model(recipe, tokenizer, data, source)
+    check_positions(recipe, model.config, source)  # again on the loaded config: a hub model was not checked before
+    set_stage("preparing the run")
     model = prepare_for_training(model, recipe.quantization, checkpointing_enabled(recipe.train))
     # ---- adapter -----------------------------------------------------------------------------
     set_seed(recipe.seed)
@@ -71,6 +78,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, run_dir / ADAPTER_DIR)
     # ---- evaluate ----------------------------------------------------------------------------
+    set_stage("evaluating")
     metrics = task.evaluate(recipe, trainer, data) if recipe.evaluate.enabled else {}
     # ---- metrics and summary, written by the main process ------------------------------------
     if trainer.is_world_process_zero():

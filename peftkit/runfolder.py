@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from peftkit.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
 from peftkit.errors import PeftkitError
@@ -36,7 +35,7 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise PeftkitError(f"output_dir {run_dir} is a file, not a folder; choose another output_dir")
     if existing.is_file() and not recipe.overwrite_output_dir:
-        previous = yaml.safe_load(existing.read_text(encoding="utf-8")) or {}
+        previous = read_run_recipe(existing)
         if comparable(previous) != comparable(recipe.to_dict()):
             changed = sorted(differences(comparable(previous), comparable(recipe.to_dict())))
             raise PeftkitError(
@@ -161,25 +160,62 @@ def save_run_files(run_dir: Path, recipe: Recipe, label_names: list[str] | None)
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
-    """The run folder and its resolved recipe, checked to hold a trained adapter."""
+    """The run folder and its resolved recipe, checked to hold a trained adapter whose files are whole."""
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE_FILE).is_file():
         raise PeftkitError(f"{run_dir} is not a peftkit run folder (no {RECIPE_FILE}); give the output_dir of a train run")
     if not (run_dir / ADAPTER_DIR / "adapter_config.json").is_file():
         raise PeftkitError(f"{run_dir} has no trained adapter ({ADAPTER_DIR}/adapter_config.json); "
                            "did the train run finish?")
-    raw = yaml.safe_load((run_dir / RECIPE_FILE).read_text(encoding="utf-8"))
+    raw = read_run_recipe(run_dir / RECIPE_FILE)
     recipe = recipe_from_dict(raw, where=str(run_dir / RECIPE_FILE))
     recipe.source = str(run_dir / RECIPE_FILE)
     validate(recipe)
     from peftkit.model import check_adapter_folder
 
     check_adapter_folder(run_dir / ADAPTER_DIR, recipe.model)
+    check_run_files(run_dir)
     return run_dir, recipe
 
 
+DAMAGED_RUN_ADVICE = ("; the run folder is damaged: restore the file from a backup, or train the run again "
+                      "(`peftkit train RECIPE --resume` continues from its last complete checkpoint)")
+
+
+def read_run_recipe(path: Path) -> dict[str, Any]:
+    """A run folder's recipe.yaml as a mapping, or one line saying it is damaged."""
+    from peftkit.recipe import parse_yaml_mapping
+
+    try:
+        return parse_yaml_mapping(path, what="run's recipe")
+    except PeftkitError as e:
+        raise PeftkitError(f"{e} (the run folder's {RECIPE_FILE} is damaged or was edited)") from None
+
+
+def check_run_files(run_dir: Path, adapter: bool = True) -> None:
+    """recipe.yaml, label_map.json and the adapter folder (weights, JSON files, tokenizer) are whole: one line naming
+    a damaged file, before anything is loaded or staged."""
+    from peftkit.integrity import check_folder_files, check_tokenizer_files, read_json_object
+
+    read_run_recipe(run_dir / RECIPE_FILE)
+    if (run_dir / LABEL_MAP_FILE).is_file():
+        label_names_of(run_dir)
+    if adapter:
+        folder = run_dir / ADAPTER_DIR
+        check_folder_files(folder, DAMAGED_RUN_ADVICE)
+        read_json_object(folder / "adapter_config.json", DAMAGED_RUN_ADVICE)
+        check_tokenizer_files(folder, "the run's adapter folder")
+
+
 def label_names_of(run_dir: Path) -> list[str]:
-    mapping = json.loads((run_dir / LABEL_MAP_FILE).read_text(encoding="utf-8"))["id2label"]
+    """Class names in id order from label_map.json; a damaged map is one line naming it."""
+    from peftkit.integrity import read_json_file
+
+    path = run_dir / LABEL_MAP_FILE
+    data = read_json_file(path, DAMAGED_RUN_ADVICE)
+    mapping = data.get("id2label") if isinstance(data, dict) else None
+    if not isinstance(mapping, dict) or not all(str(i) in mapping for i in range(len(mapping))) or len(mapping) < 2:
+        raise PeftkitError(f"{path} has no id2label mapping of class ids 0..N-1 to names{DAMAGED_RUN_ADVICE}")
     return [mapping[str(i)] for i in range(len(mapping))]
 
 
@@ -236,6 +272,8 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     """
     refuse_restart_over_checkpoints(run_dir, resume, recipe_source)
     checkpoints = complete_checkpoints(run_dir)
+    if resume and checkpoints:
+        checkpoints = loadable_checkpoints(run_dir, checkpoints)
     remove_incomplete_checkpoints(run_dir, "interrupted while saving")
     if not resume:
         return None
@@ -314,3 +352,43 @@ def finish_run_folder(run_dir: Path, keep: str) -> str:
     elif kept and keep == "last":
         line += "; keep_checkpoints: none removes it (then --resume cannot reload the finished run)"
     return line
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from (a file damaged after it was marked), or None."""
+    from peftkit.integrity import check_folder_files, read_json_object
+
+    try:
+        check_folder_files(checkpoint, torch_files=True)
+        read_json_object(checkpoint / "trainer_state.json")
+        if not (checkpoint / "adapter_model.safetensors").is_file() and not any(checkpoint.glob("adapter_model.*")):
+            return f"{checkpoint}/adapter_model.safetensors is missing"
+    except PeftkitError as e:
+        return str(e)
+    return None
+
+
+def loadable_checkpoints(run_dir: Path, checkpoints: list[Path]) -> list[Path]:
+    """--resume: the complete checkpoints up to the newest one that loads. A damaged newer one is skipped, said, and
+    moved aside (checkpoint-N.damaged), never deleted: the run would otherwise write its new checkpoint-N into it."""
+    damaged: list[tuple[Path, str]] = []
+    for checkpoint in reversed(checkpoints):
+        why = checkpoint_damage(checkpoint)
+        if why is None:
+            break
+        damaged.append((checkpoint, why))
+    else:
+        details = "; ".join(f"{c.name}: {why}" for c, why in damaged)
+        raise PeftkitError(f"--resume: no complete checkpoint loads in {run_dir / CHECKPOINT_DIR} ({details}). "
+                           "Nothing was changed: restore the files, or start over with overwrite_output_dir: true")
+    if int(os.environ.get("RANK", 0)) == 0:
+        for checkpoint, why in damaged:
+            aside = checkpoint.with_name(f"{checkpoint.name}.damaged")
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = checkpoint.with_name(f"{checkpoint.name}.damaged-{n}")
+            os.replace(checkpoint, aside)
+            print(f"peftkit: --resume: skipping {checkpoint.name} ({why}); kept as {aside.name}, not deleted",
+                  flush=True)
+    return [c for c in checkpoints if c not in {d for d, _ in damaged}]

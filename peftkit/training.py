@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from peftkit.console import say
+from peftkit.console import say, warn
 from peftkit.distributed import adjust_training_args_for_launch
 from peftkit.errors import RunStopped
 from peftkit.progress import log_friendly_trainer_args
@@ -96,3 +96,20 @@ def load_finished_checkpoint(trainer, checkpoint: str):
 def skipped_batches(trainer) -> int:
     """Batches skipped for a non-finite loss in the whole run, including before a resume."""
     return max(trainer.skipped_batches, skipped_in_log(trainer.state.log_history))
+
+
+def warn_if_almost_nothing(recipe: Recipe, train_examples: int) -> None:
+    """A legal train section that trains on a sliver of the data (num_train_epochs: 0.01) is almost surely a slip:
+    say so in one line. (Zero or negative epochs and max_steps: 0 are recipe errors.)"""
+    t = recipe.train
+    if (t.get("max_steps") or -1) > 0 or not train_examples:
+        return
+    epochs = float(t.get("num_train_epochs", 1.0))
+    if epochs >= 0.1:
+        return
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("gradient_accumulation_steps", 1)) * world
+    steps = max(1, int(-(-train_examples // batch) * epochs + 0.999999))
+    warn(f"train.num_train_epochs: {epochs:g} trains on about {min(100.0, 100 * steps * batch / train_examples):.1f}% "
+         f"of the training data ({steps} optimizer step{'s' if steps != 1 else ''}); is that intended? "
+         "(train.max_steps sets a number of steps)")

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from peftkit.data import format_report, load_classification_data
 from peftkit.model import resolve_model_source
+from peftkit.model_check import check_recipe_against_model, checkable_folder
 from peftkit.recipe import CAUSAL_TASKS, Recipe
 
 
 def check_recipe_inputs(recipe: Recipe) -> str:
     """Raise PeftkitError on the first problem; return a short summary when all is well."""
     source = resolve_model_source(recipe.model)
-    data_report = audit_causal_data(recipe) if recipe.task in CAUSAL_TASKS else format_report(
-        load_classification_data(recipe.data, recipe.seed))
+    if recipe.task in CAUSAL_TASKS:
+        data_report, labels = audit_causal_data(recipe), None
+    else:
+        data = load_classification_data(recipe.data, recipe.seed)
+        data_report, labels = format_report(data), len(data.label_names)
+    # the model built from its config on the meta device: target modules, positions, weights vs config
+    check_recipe_against_model(recipe, checkable_folder(recipe), labels)
     quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
              else "8-bit" if recipe.quantization.load_in_8bit else "none")
     return "\n".join([

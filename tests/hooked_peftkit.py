@@ -9,6 +9,8 @@ which no recipe can arrange. Nothing here is imported by peftkit itself.
 * ``PEFTKIT_TEST_NAN_STEPS=3,5``: the training loss of those (1-based) optimizer steps is made NaN, through the
   graph, so backward produces NaN gradients exactly as a real overflow does. ``PEFTKIT_TEST_NAN_RANK=R`` limits it
   to global rank R (under a multi-process launch); otherwise every rank.
+* ``PEFTKIT_TEST_SLOW_LOAD=FILE``: loading the base model first creates FILE, then sleeps (up to 120 s): a test
+  sends its signal while the model loads.
 
 Under ``accelerate launch`` it is the script: ``accelerate launch --config_file ... tests/hooked_peftkit.py train ...``.
 """
@@ -69,7 +71,22 @@ def install_nan_steps(steps: set[int], rank: int | None) -> None:
     task.build_trainer = nan_build_trainer(task.build_trainer, steps, rank)
 
 
+def install_slow_load(signal_file: str) -> None:
+    import peftkit.model
+
+    real_load = peftkit.model._load_model
+
+    def slow_load(*args, **kwargs):
+        Path(signal_file).write_text("loading")
+        time.sleep(120)
+        return real_load(*args, **kwargs)
+
+    peftkit.model._load_model = slow_load
+
+
 def main() -> int:
+    if os.environ.get("PEFTKIT_TEST_SLOW_LOAD"):
+        install_slow_load(os.environ["PEFTKIT_TEST_SLOW_LOAD"])
     if os.environ.get("PEFTKIT_TEST_HANG_IN_SAVE"):
         install_hang_in_save(os.environ["PEFTKIT_TEST_HANG_IN_SAVE"])
     if os.environ.get("PEFTKIT_TEST_NAN_STEPS"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
 import typing
 
@@ -102,9 +104,7 @@ def validate(recipe: Recipe) -> None:
         fail("'merge.base: dequantized' needs a quantized run (quantization.load_in_4bit or load_in_8bit); "
              "an unquantized run merges into its original weights (base: original or auto)")
 
-    for key in ("learning_rate",):
-        if float(t.get(key, 1)) <= 0:
-            fail(f"'train.{key}' must be positive, got {t[key]}")
+    check_train_values(t, fail)
     for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if key in t and int(t[key]) <= 0:
             fail(f"'train.{key}' must be a positive integer, got {t[key]}")
@@ -175,3 +175,42 @@ def check_template(template: str, key: str, fail: typing.Callable[[str], typing.
         fail(f"'{key}' is not a valid template ({e}); write columns as {{column}} and literal braces as {{{{ }}}}")
     if any(not name or not name.isidentifier() for name in fields):
         fail(f"'{key}': placeholders must be column names like {{text}}; got {template!r}")
+
+
+def check_train_values(t: dict, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """Values of the train section that TrainingArguments, the optimizer or the Trainer would reject only after the
+    model is loaded (with a traceback), or accept and then train nothing."""
+    lr = float(t.get("learning_rate", 1))
+    if not math.isfinite(lr):
+        fail(f"'train.learning_rate' must be a finite positive number, got {t['learning_rate']}")
+    if lr <= 0:
+        fail(f"'train.learning_rate' must be positive, got {t['learning_rate']}")
+    max_steps = t.get("max_steps", -1)
+    if max_steps == 0:
+        fail("'train.max_steps' is 0: the run would train nothing. Give a positive number of optimizer steps, or "
+             "-1 to train for train.num_train_epochs epochs")
+    epochs = float(t.get("num_train_epochs", 1.0))
+    if (max_steps is None or max_steps < 0) and not (math.isfinite(epochs) and epochs > 0):
+        fail(f"'train.num_train_epochs' must be positive, got {t.get('num_train_epochs')}: the run would train "
+             "nothing (or set train.max_steps)")
+    from transformers.trainer_utils import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    for key, enum, what in (("optim", OptimizerNames, "an optimizer"),
+                            ("lr_scheduler_type", SchedulerType, "a scheduler")):
+        value = t.get(key)
+        known = [member.value for member in enum]
+        if value is not None and str(value) not in known:
+            hint = difflib.get_close_matches(str(value), known, n=1)
+            fail(f"'train.{key}' {value!r} is not {what} transformers knows"
+                 + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(known[:12])}, ..."))
+    report_to = t.get("report_to")
+    if report_to is not None:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        known = ["all", "none", *INTEGRATION_TO_CALLBACK]
+        for value in [report_to] if isinstance(report_to, str) else list(report_to):
+            if value not in known:
+                hint = difflib.get_close_matches(str(value), known, n=1)
+                fail(f"'train.report_to' {value!r} is not a logging integration transformers knows"
+                     + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(known)}, or [] for none"))

@@ -33,13 +33,24 @@ def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Re
 
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        found = sorted(q.name for q in p.iterdir() if q.suffix in (".yaml", ".yml"))
+        inside = f" (it holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''})" if found else ""
+        raise PeftkitError(f"recipe {p} is a folder{inside}; give the path to a .yaml recipe file")
     if not p.is_file():
         raise PeftkitError(f"recipe file not found: {p} (give the path to a .yaml recipe)")
+    return parse_yaml_mapping(p)
+
+
+def parse_yaml_mapping(p: Path, what: str = "recipe") -> dict[str, Any]:
+    """A YAML file that must be a mapping (a recipe, or a run folder's recipe.yaml). Malformed YAML, non-UTF-8 text
+    and a key written twice (YAML keeps the last one silently) are errors naming the file and line."""
     try:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise PeftkitError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8") from None
+        raise PeftkitError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the {what} as UTF-8") from None
     try:
+        check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), p)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -51,6 +62,24 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise PeftkitError(f"{p}: a recipe must be a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
     return raw
+
+
+def check_duplicate_keys(node, path: Path, prefix: str = "") -> None:
+    """YAML reads `learning_rate:` written twice in one section as the LAST value, silently: refuse it."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise PeftkitError(f"{path}: key '{prefix}{key}' appears twice (lines {seen[key]} and {line}); "
+                                       "YAML would silently keep the last one. Keep one of them")
+                seen[key] = line
+            check_duplicate_keys(value_node, path, f"{prefix}{key}." if key is not None else prefix)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            check_duplicate_keys(item, path, prefix)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -94,12 +123,18 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
     return Recipe(**kwargs)
 
 
-def reject_unknown(raw: dict[str, Any], known: typing.Iterable[str], where: str, prefix: str) -> None:
+def reject_unknown(raw: dict[str, Any], known: typing.Iterable[str], where: str, prefix: str,
+                   list_known: bool = True) -> None:
+    """An unknown key is an error with a "did you mean"; the known keys are listed only where they are few (the
+    train section has some 150, those of transformers.TrainingArguments / trl.SFTConfig)."""
     known = list(known)
     for key in raw:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
-            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; known keys: {', '.join(known)}"
+            listed = (f"known keys: {', '.join(known)}" if list_known else
+                      "the train section takes the fields of transformers.TrainingArguments (trl.SFTConfig for "
+                      "causal-LM tasks)")
+            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else f"; {listed}"
             raise PeftkitError(f"{where}: unknown key '{prefix}{key}'{suggestion}")
 
 
@@ -122,7 +157,16 @@ def build_train(raw: dict[str, Any], where: str, task: str = "classification") -
         near_reserved = difflib.get_close_matches(str(key), list(reserved), n=1)
         if key not in fields and near_reserved:  # max_seq_length -> max_length: say where it lives in one step
             raise PeftkitError(f"{where}: unknown key 'train.{key}'; {reserved[near_reserved[0]]}")
-    reject_unknown(raw, fields, where, "train.")
+    if not causal:
+        causal_only = set(training_argument_fields("sft")) - set(fields)
+        for key in raw:
+            if key in SFT_TRAIN_RESERVED:
+                raise PeftkitError(f"{where}: 'train.{key}' is set by peftkit; {SFT_TRAIN_RESERVED[key]}")
+            if key in causal_only:
+                raise PeftkitError(f"{where}: unknown key 'train.{key}': it is a key of task sft and "
+                                   f"generative_classification (trl.SFTConfig), not of task {task}; remove it, or "
+                                   "set task: sft")
+    reject_unknown(raw, fields, where, "train.", list_known=False)
     values = {**TRAIN_DEFAULTS, **(SFT_TRAIN_DEFAULTS if causal else {})}
     if causal and "gradient_checkpointing" not in raw and "activation_checkpointing" not in raw:
         values["activation_checkpointing"] = False

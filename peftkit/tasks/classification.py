@@ -55,6 +55,8 @@ def load_model(recipe: Recipe, tokenizer, data: TaskData, source: str):
     model = load_classifier(recipe.model, recipe.quantization, data.label_names, tokenizer, source,
                             quant_storage=quant_storage_for(recipe.quantization))
     disable_token_count_loss_scaling(model)
+    for head in getattr(model, "peftkit_new_heads", ()):
+        say(f"the classification head ({head}) is new and trained by this run")
     return model
 
 
