@@ -255,7 +255,7 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
 
     Why resuming is explicit (``--resume``) and not automatic -- a decision, for the lead:
 
-    * prepare_run_dir proves the resolved recipe is the same, not the data: file paths are compared, file
+    * open_run_dir proves the resolved recipe is the same, not the data: file paths are compared, file
       contents are not. Resuming on its own after someone regenerated train.tsv would silently continue a run
       on other data; ``--resume`` is the user saying "this is the same run".
     * A rerun without ``--resume`` over checkpoints is usually a mistake or a new experiment. The error names

@@ -154,7 +154,7 @@ def unpacked_padding_free(recipe: Recipe) -> bool:
 def trl_max_length(recipe: Recipe) -> int | None:
     """data.max_length, except for padding-free batches without packing: TRL cannot truncate those and refuses a
     max_length; the examples fit already (recipe validation allows this for generative_classification only, whose
-    prompts peftkit fits to data.max_length, and load_data re-checks the audit)."""
+    prompts peftkit fits to data.max_length, and prepare_data re-checks the audit)."""
     return None if unpacked_padding_free(recipe) else recipe.data.max_length
 
 
