@@ -175,3 +175,16 @@ def test_generative_classification_selects_by_label_scoring_on_the_validation_sp
     assert len(scored) == 2 and all(0 <= e["eval_accuracy"] <= 1 for e in scored)
     assert all(abs(e["eval_accuracy"] * 10 - round(e["eval_accuracy"] * 10)) < 1e-9 for e in scored)  # of 10 rows
     assert metrics["num_examples"] == 8  # the eval file, once
+
+
+def test_validate_reports_the_token_count_of_each_label_word():
+    from transformers import AutoTokenizer
+
+    from peftkit.validate import label_word_tokens
+    from tests.sft_fixtures import smollm2_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
+    line = label_word_tokens(tokenizer, ["World", "Sci/Tech"], [" World", " Sci/Tech"])
+    assert line.startswith("label word tokens: World ' World' 1, Sci/Tech ' Sci/Tech' ")
+    assert "lengths differ" in line
+    assert "differ" not in label_word_tokens(tokenizer, ["a", "b"], [" World", " Sports"])

@@ -97,6 +97,7 @@ def _trials(db: Path) -> list[tuple]:
         return con.execute("select number, state from trials order by number").fetchall()
 
 
+@pytest.mark.distributed
 def test_two_worker_processes_share_one_storage_and_write_the_outputs(tmp_path, tiny_llama_dir, sst2_small):
     path = _sweep_recipe(tmp_path, tiny_llama_dir, sst2_small, workers=2, pruning=False)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -125,6 +126,7 @@ def test_two_worker_processes_share_one_storage_and_write_the_outputs(tmp_path, 
         "train.learning_rate"]
 
 
+@pytest.mark.distributed
 def test_a_killed_sweep_resumes_and_retries_the_interrupted_trial(tmp_path, tiny_llama_dir, sst2_small):
     path = _sweep_recipe(tmp_path, tiny_llama_dir, sst2_small, n_trials=2, heartbeat_seconds=1, pruning=False)
     import yaml
