@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.errors import PeftkitError
+from peftkit.errors import PeftkitError, RunStopped
 from peftkit.io import write_text_atomic
 from peftkit.recipe import Recipe, read_yaml, recipe_from_dict, validate
 from peftkit.recipe.loading import apply_override, selection_metric
@@ -256,6 +256,12 @@ def objective(sweep: Sweep):
         started = time.time()
         try:
             run(recipe, callbacks=[reporter])
+        except RunStopped:
+            # SIGTERM/SIGINT: this worker stops (not the next trial); the trial is run again first on resume
+            trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+            trial.study.stop()
+            run_trial.stopped_trial = trial.number
+            raise
         finally:
             trial.set_user_attr("seconds", round(time.time() - started, 1))
         if reporter.best is None:
@@ -264,6 +270,7 @@ def objective(sweep: Sweep):
         say(f"sweep {sweep.study_name}: {name} validation {sweep.metric} {reporter.best:.4f}")
         return reporter.best
 
+    run_trial.stopped_trial = None
     return run_trial
 
 
@@ -278,8 +285,12 @@ def run_worker(sweep: Sweep, worker_index: int = 0) -> None:
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     if done_trials(study) >= sweep.spec.n_trials:
         return
-    study.optimize(objective(sweep), n_trials=sweep.spec.n_trials, catch=(Exception,),
+    run_trial = objective(sweep)
+    study.optimize(run_trial, n_trials=sweep.spec.n_trials, catch=(Exception,),
                    callbacks=[MaxTrialsCallback(sweep.spec.n_trials, states=counted)], gc_after_trial=True)
+    if run_trial.stopped_trial is not None:
+        raise RunStopped(f"sweep stopped by a signal; trial {run_trial.stopped_trial} will run again when "
+                         f"you resume: peftkit sweep {sweep.path}", exit_code=128 + signal.SIGTERM)
 
 
 def done_trials(study) -> int:
@@ -323,6 +334,10 @@ def start_workers(sweep: Sweep) -> None:
         procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     say(f"sweep {sweep.study_name}: {len(procs)} worker processes (pids "
         f"{', '.join(str(p.pid) for p, _ in procs)}), logs in {logs}")
+    def forward(signum, frame):  # SIGTERM to the sweep stops its workers too (each saves and stops its trial)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, forward)
     try:
         codes = [p.wait() for p, _ in procs]
     except BaseException:
@@ -333,6 +348,7 @@ def start_workers(sweep: Sweep) -> None:
             p.wait()
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for _, log in procs:
             log.close()
     if any(codes):
@@ -347,7 +363,7 @@ def trial_rows(sweep: Sweep, study) -> list[dict[str, Any]]:
                      f"validation_{sweep.metric}": None if t.value is None else round(t.value, 4),
                      **{k: params.get(k) for k in sweep.spec.params},
                      "seconds": t.user_attrs.get("seconds"), "pruned_at_step": t.user_attrs.get("pruned_at_step"),
-                     "retry_of": t.system_attrs.get("failed_trial"), "run_dir": t.user_attrs.get("run_dir")})
+                     "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of")), "run_dir": t.user_attrs.get("run_dir")})
     return rows
 
 
