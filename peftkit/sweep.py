@@ -179,7 +179,6 @@ class Sweep:
 def open_storage(url: str, heartbeat_seconds: int):
     """sqlite/RDB (with a heartbeat, so trials of killed workers are failed and retried) or a JournalStorage file."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
 
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend
@@ -189,10 +188,16 @@ def open_storage(url: str, heartbeat_seconds: int):
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    import inspect
+
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    # optuna >= 4.9 names the retry hook heartbeat_stale_trial_callback (failed_trial_callback is deprecated)
+    hook = ("heartbeat_stale_trial_callback"
+            if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+            else "failed_trial_callback")
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
-                                      grace_period=2 * heartbeat_seconds,
-                                      failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                                      grace_period=2 * heartbeat_seconds, **{hook: retry(max_retry=1)})
 
 
 def load_study(sweep: Sweep, worker_index: int = 0):
