@@ -282,26 +282,39 @@ def objective(sweep: Sweep):
 def run_worker(sweep: Sweep, worker_index: int = 0) -> None:
     """One worker: trials until the study has sweep.n_trials finished, pruned or failed trials."""
     import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = load_study(sweep, worker_index)
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     if done_trials(study) >= sweep.spec.n_trials:
         return
     run_trial = objective(sweep)
     study.optimize(run_trial, n_trials=sweep.spec.n_trials, catch=(Exception,),
-                   callbacks=[MaxTrialsCallback(sweep.spec.n_trials, states=counted)], gc_after_trial=True)
+                   callbacks=[stop_when_done(sweep.spec.n_trials)], gc_after_trial=True)
     if run_trial.stopped_trial is not None:
         raise RunStopped(f"sweep stopped by a signal; trial {run_trial.stopped_trial} will run again when "
                          f"you resume: peftkit sweep {sweep.path}", exit_code=128 + signal.SIGTERM)
 
 
 def done_trials(study) -> int:
+    """Trials that count against sweep.n_trials: complete, pruned, and failed ones that are not being run again
+    (a trial stopped by a signal, or whose worker was killed, is retried and counts once, as its retry)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    trials = study.get_trials(deepcopy=False)
+    retried = ({t.system_attrs.get("failed_trial") for t in trials}
+               | {t.user_attrs.get("retry_of") for t in trials}) - {None}
+    return sum(1 for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.number not in retried))
+
+
+def stop_when_done(n_trials: int):
+    """An optimize() callback: stop this worker once the study has n_trials counted trials (every worker's)."""
+
+    def callback(study, trial) -> None:
+        if done_trials(study) >= n_trials:
+            study.stop()
+
+    return callback
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,7 +216,8 @@ class SweepSection:
 
     params: dict[str, Any] = field(default_factory=dict)
     n_trials: int = 20
-    """Trials in the whole study (every worker, every machine, finished + pruned + failed)."""
+    """Trials in the whole study (every worker, every machine): finished + pruned + failed; a trial retried after a
+    kill or a signal counts once."""
     metric: str | None = None
     """Validation metric to optimise; None: selection.metric (macro_f1 for classification)."""
     direction: Literal["maximize", "minimize"] | None = None
