@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import os
 import signal
 import subprocess
@@ -475,7 +474,3 @@ def plot(sweep: Sweep, rows: list[dict[str, Any]], importances: dict[str, float]
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
