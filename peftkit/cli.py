@@ -134,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(validate, optional=True, default_help=False)
     validate.set_defaults(func=cmd_validate)
 
+    sweep = sub.add_parser("sweep", help="search a recipe's hyperparameters (its sweep: section) with Optuna",
+                           description="Run the trials of the recipe's sweep: section (Optuna TPE, median pruning), "
+                                       "each a normal run in OUTPUT_DIR/trials/trial-N chosen on a validation split "
+                                       "carved from the training rows; then write trials.csv/.md, sweep.png and "
+                                       "best_recipe.yaml. Run the same command again to resume.")
+    add_recipe_arguments(sweep, optional=False)
+    sweep.add_argument("--worker-index", type=int, metavar="K",
+                       help="run as worker K only (another machine: with sweep.storage=URL shared by every worker)")
+    sweep.add_argument("--report-only", action="store_true", help="write the table, plot and best recipe; no trials")
+    sweep.set_defaults(func=cmd_sweep)
+
     evaluate = sub.add_parser("evaluate", help="evaluate a run's adapter: metrics.json, report, confusion matrix",
                               description="Evaluate the trained adapter in RUN_DIR on its eval split, or on --data.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
@@ -233,6 +244,13 @@ def cmd_train(args) -> int:
             raise
         raise PeftkitError(message) from None
     return 0
+
+
+def cmd_sweep(args) -> int:
+    from peftkit.sweep import sweep_command
+
+    return sweep_command(args.recipe, list(args.overrides), worker_index=args.worker_index,
+                         report_only=args.report_only)
 
 
 def cmd_validate(args) -> int:

@@ -32,7 +32,25 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_n
         "labels": list(label_names),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
         "num_examples": len(y_true),
+        "never_predicted": never_predicted(y_pred, label_names),
     }
+
+
+def never_predicted(y_pred: Sequence[int], label_names: list[str]) -> list[str]:
+    """Classes the model did not predict for a single evaluated row (their F1 is 0 whatever their support)."""
+    seen = set(int(p) for p in y_pred)
+    return [name for i, name in enumerate(label_names) if i not in seen]
+
+
+def never_predicted_warning(metrics: dict[str, Any]) -> str | None:
+    missing = metrics.get("never_predicted")
+    if missing is None and "confusion_matrix" in metrics:  # metrics.json written before this key existed
+        matrix = metrics["confusion_matrix"]
+        missing = [n for j, n in enumerate(metrics["labels"]) if not sum(row[j] for row in matrix)]
+    if not missing:
+        return None
+    return (f"WARNING: never predicted: {', '.join(missing)} (F1 0.00); with imbalanced classes try "
+            "imbalance.strategy: class_weights or balanced_sampling")
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -52,6 +70,9 @@ def format_metrics(metrics: dict[str, Any]) -> str:
               " " * width + " " + " ".join(f"{n[:8]:>8}" for n in names)]
     for name, row in zip(names, metrics["confusion_matrix"]):
         lines.append(f"{name:<{width}} " + " ".join(f"{v:>8d}" for v in row))
+    warning = never_predicted_warning(metrics)
+    if warning:
+        lines += ["", warning]
     return "\n".join(lines)
 
 

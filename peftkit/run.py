@@ -20,6 +20,8 @@ from peftkit.quantize import prepare_for_training
 from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, finish_run_folder, load_run, open_run_dir,
                                replace_previous_run, resume_point, save_run_files)
+from peftkit.selection import describe as describe_selection
+from peftkit.selection import selection_callbacks, selection_report, validation_rows
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
 from peftkit.training import skipped_batches, train_until_done_or_signalled, warn_if_almost_nothing
@@ -66,7 +68,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
     # ---- trainer -----------------------------------------------------------------------------
     trainer = task.build_trainer(recipe, args, model, tokenizer, data)
-    for callback in callbacks:
+    for callback in [*selection_callbacks(recipe), *callbacks]:
         trainer.add_callback(callback)
     if trainer.is_world_process_zero():
         save_run_files(run_dir, recipe, data.label_names)
@@ -80,6 +82,10 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     # ---- evaluate ----------------------------------------------------------------------------
     set_stage("evaluating")
     metrics = task.evaluate(recipe, trainer, data) if recipe.evaluate.enabled else {}
+    if metrics:  # which split chose the model: metrics.json says it, and so does the console
+        metrics["selection"] = selection_report(recipe, trainer, validation_rows(data), metrics.get("data_file"))
+        if trainer.is_world_process_zero():
+            say(describe_selection(metrics["selection"]))
     # ---- metrics and summary, written by the main process ------------------------------------
     if trainer.is_world_process_zero():
         if metrics:

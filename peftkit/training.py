@@ -87,6 +87,9 @@ def load_finished_checkpoint(trainer, checkpoint: str):
     from transformers.trainer_utils import TrainOutput
 
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint  # load_best_model_at_end: the run ends with the best checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        checkpoint = best
     trainer.model.load_adapter(checkpoint, trainer.model.active_adapter, is_trainable=True)
     say(f"peftkit: {checkpoint} ends the run (step {trainer.state.global_step} of {trainer.state.max_steps}); "
         "nothing left to train")

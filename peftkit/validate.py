@@ -36,5 +36,19 @@ def audit_causal_data(recipe: Recipe) -> str:
     from peftkit.sft_encode import prepare_examples, truncation_length
 
     causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
-    prepare_examples(recipe, load_tokenizer(recipe.model), causal)
-    return format_causal_report(causal, truncation_length(recipe))
+    tokenizer = load_tokenizer(recipe.model)
+    prepare_examples(recipe, tokenizer, causal)
+    report = format_causal_report(causal, truncation_length(recipe))
+    if causal.label_words:
+        report += "\n" + label_word_tokens(tokenizer, causal.label_names, causal.label_words)
+    return report
+
+
+def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
+    """How many tokens each label word is (label scoring sums their log-probabilities: see peftkit/generative.py)."""
+    counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
+    line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
+                                             zip(label_names, label_words, counts))
+    if len(set(counts)) > 1:
+        line += " (lengths differ: scores are summed log-probabilities, EOS included)"
+    return line

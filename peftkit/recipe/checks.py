@@ -82,6 +82,7 @@ def validate(recipe: Recipe) -> None:
         fail("'safety.max_skipped_batches' must be 0 or more")
     if recipe.evaluate.batch_size <= 0:
         fail("'evaluate.batch_size' must be positive")
+    validate_selection(recipe, fail)
     if recipe.task in CAUSAL_TASKS:
         validate_causal(recipe, fail)
     else:
@@ -214,3 +215,33 @@ def check_train_values(t: dict, fail: typing.Callable[[str], typing.NoReturn]) -
                 hint = difflib.get_close_matches(str(value), known, n=1)
                 fail(f"'train.report_to' {value!r} is not a logging integration transformers knows"
                      + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(known)}, or [] for none"))
+
+
+def validate_selection(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """selection, imbalance and sweep: the model is chosen on a validation split, never on the eval file."""
+    s, t, i, w = recipe.selection, recipe.train, recipe.imbalance, recipe.sweep
+    if not 0 <= s.validation_fraction <= 0.5:
+        fail(f"'selection.validation_fraction' must be between 0 (no validation split) and 0.5, got "
+             f"{s.validation_fraction}")
+    metrics = ("loss",) if recipe.task == "sft" else ("accuracy", "macro_f1", "loss")
+    if s.metric is not None and s.metric not in metrics:
+        fail(f"'selection.metric' must be one of {', '.join(metrics)} for task {recipe.task}, got {s.metric!r}")
+    if s.evaluations < 1:
+        fail(f"'selection.evaluations' must be at least 1, got {s.evaluations}")
+    if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
+        fail("'selection.early_stopping_patience' must be at least 1, or null for no early stopping")
+    if s.validation_fraction > 0 and t.get("save_strategy") == "no":
+        fail("'selection.validation_fraction' keeps the best checkpoint, so it needs checkpoints: remove "
+             "'train.save_strategy: no' (selection saves one at each evaluation)")
+    if s.validation_fraction <= 0 and t.get("load_best_model_at_end"):
+        fail("'train.load_best_model_at_end' would choose a checkpoint on the eval file, which is then reported; "
+             "set 'selection.validation_fraction' (e.g. 0.1) to choose on a validation split carved from train")
+    if i.strategy in ("class_weights", "balanced_sampling") and recipe.task != "classification":
+        fail(f"'imbalance.strategy: {i.strategy}' is for task classification (the classification head); "
+             f"task {recipe.task} trains unweighted")
+    if i.auto_ratio < 1:
+        fail(f"'imbalance.auto_ratio' must be at least 1, got {i.auto_ratio}")
+    if w.n_trials < 1 or w.workers < 1:
+        fail("'sweep.n_trials' and 'sweep.workers' must be at least 1")
+    if w.metric is not None and w.metric not in metrics:
+        fail(f"'sweep.metric' must be one of {', '.join(metrics)} for task {recipe.task}, got {w.metric!r}")

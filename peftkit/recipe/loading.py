@@ -120,7 +120,30 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
     kwargs["train"] = build_train(train, where, kwargs.get("task", "classification"))
     if kwargs.get("task") in CAUSAL_TASKS and "packing" not in train:
         kwargs["train"]["packing"] = kwargs["model"].attn_implementation in EXACT_PACKING_ATTENTION
+    apply_selection_settings(kwargs["train"], train, kwargs["selection"], kwargs.get("task", "classification"))
     return Recipe(**kwargs)
+
+
+def selection_metric(selection, task: str) -> str:
+    """The metric that selects checkpoints and trials: selection.metric, else macro_f1 (loss for sft)."""
+    return selection.metric or ("loss" if task == "sft" else "macro_f1")
+
+
+def apply_selection_settings(values: dict[str, Any], raw_train: dict[str, Any], selection, task: str) -> None:
+    """With a validation split (selection.validation_fraction > 0): evaluate on it during training, checkpoint at
+    each evaluation, keep the best by the selection metric. Keys the recipe's train section sets win."""
+    if selection.validation_fraction <= 0:
+        return
+    metric = selection_metric(selection, task)
+    every = 1.0 / max(selection.evaluations, 1)  # < 1: a ratio of the total training steps
+    strategy = raw_train.get("eval_strategy", "steps")
+    fill = {"eval_strategy": strategy, "save_strategy": strategy,
+            "load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": metric != "loss"}
+    if strategy == "steps":
+        fill |= {"eval_steps": every, "save_steps": every}
+    for key, value in fill.items():
+        if key not in raw_train:
+            values[key] = value
 
 
 def reject_unknown(raw: dict[str, Any], known: typing.Iterable[str], where: str, prefix: str,

@@ -167,6 +167,83 @@ class MergeSection:
     """Largest safetensors shard of the merged model (integer with GB, MB, KB, GiB, MiB or KiB)."""
 
 
+@dataclass
+class SelectionSection:
+    """Choosing the model on a validation split carved from the training data, never on the eval file.
+
+    With ``validation_fraction`` > 0, a seeded, stratified share of the training rows is held out; the run
+    evaluates on it during training (accuracy and macro F1 for classification tasks, loss for sft), keeps the best
+    checkpoint (``load_best_model_at_end``), stops early when the metric stops improving, and evaluates the best
+    checkpoint once on the eval file. ``train:`` keys you set yourself (eval_strategy, eval_steps, save_steps,
+    metric_for_best_model, load_best_model_at_end, greater_is_better) win over what this section fills in.
+    """
+
+    validation_fraction: float = 0.0
+    """Share of the training rows (after data.max_train_samples) held out for selection; 0: no validation split,
+    no evaluation during training (the default, as before)."""
+    metric: str | None = None
+    """What selects the best checkpoint (and a sweep's best trial): accuracy | macro_f1 | loss. None: macro_f1 for
+    classification and generative_classification, loss for sft."""
+    evaluations: int = 10
+    """How many times training evaluates on the validation split (and saves a checkpoint): every 1/N of the
+    training steps (train.eval_steps = train.save_steps = 1/N)."""
+    early_stopping_patience: int | None = 3
+    """Stop after this many evaluations without improvement; None: never stop early (the best checkpoint is still
+    kept and used)."""
+    early_stopping_threshold: float = 0.0
+    """The least change of the metric that counts as an improvement."""
+
+
+@dataclass
+class ImbalanceSection:
+    """What a classification-head run does about classes of very different sizes in its training rows."""
+
+    strategy: Literal["auto", "none", "class_weights", "balanced_sampling"] = "auto"
+    """auto: class_weights when the largest training class has more than ``auto_ratio`` times the rows of the
+    smallest (said in one line), else none. class_weights: cross-entropy weighted by n / (classes x n_class).
+    balanced_sampling: draw training batches with replacement so each class is equally likely (replaces
+    length-grouped batches). Task classification only; generative_classification trains unweighted."""
+    auto_ratio: float = 3.0
+    """Largest/smallest class-size ratio above which ``auto`` turns on class weights."""
+
+
+@dataclass
+class SweepSection:
+    """``peftkit sweep``: a search over recipe keys with Optuna; ``peftkit train`` ignores this section.
+
+    ``params`` maps a dotted recipe key to its search space: a list of choices (``adapter.r: [8, 16, 32]``) or a
+    range (``train.learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}``; integers when low and high are both
+    integers; optional ``step``). Every trial selects on the validation split (``selection``; 0.1 of the training
+    rows when the recipe has none) and never reads the eval file.
+    """
+
+    params: dict[str, Any] = field(default_factory=dict)
+    n_trials: int = 20
+    """Trials in the whole study (every worker, every machine): finished + pruned + failed; a trial retried after a
+    kill or a signal counts once."""
+    metric: str | None = None
+    """Validation metric to optimise; None: selection.metric (macro_f1 for classification)."""
+    direction: Literal["maximize", "minimize"] | None = None
+    """None: minimize for loss, maximize otherwise."""
+    storage: str | None = None
+    """Optuna storage URL shared by every worker: None is sqlite:///OUTPUT_DIR/sweep.db (one machine). Several
+    machines: an RDB URL (postgresql://..., mysql://...) or a JournalStorage file on a shared filesystem
+    (journal:///shared/path/sweep.log)."""
+    study_name: str | None = None
+    """None: the name of output_dir."""
+    workers: int = 1
+    """Worker processes started on this machine, each running trials against the one storage."""
+    pruning: bool = True
+    """Stop trials whose intermediate validation metric is below the median of earlier trials (MedianPruner)."""
+    pruning_warmup_evaluations: int = 2
+    """Evaluations of a trial before it may be pruned."""
+    startup_trials: int = 5
+    """Random trials before TPE sampling starts (and trials finished before pruning starts)."""
+    heartbeat_seconds: int = 60
+    """A running trial whose worker has not been heard from for 2x this long (killed) is marked failed and
+    retried once with the same parameters, by the next worker that starts (sqlite/RDB/journal storage)."""
+
+
 # Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
@@ -226,6 +303,9 @@ class Recipe:
     keep_checkpoints: Literal["last", "none", "all"] = "last"
     """At the end of a successful run: keep the last checkpoint (``--resume`` of the finished run reloads it),
     none (the adapter/ folder is the result; ``--resume`` then says the run is finished) or all that rotation kept."""
+    selection: SelectionSection = field(default_factory=SelectionSection)
+    imbalance: ImbalanceSection = field(default_factory=ImbalanceSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -248,6 +328,9 @@ SECTIONS = {
     "evaluate": EvaluateSection,
     "safety": SafetySection,
     "merge": MergeSection,
+    "selection": SelectionSection,
+    "imbalance": ImbalanceSection,
+    "sweep": SweepSection,
 }
 TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train")
 

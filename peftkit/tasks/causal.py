@@ -16,13 +16,16 @@ from peftkit.errors import PeftkitError
 from peftkit.evaluate import format_metrics, write_metrics
 from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_metrics
 from peftkit.guards import guarded
+from peftkit.imbalance import decide as decide_imbalance
 from peftkit.io import write_json_atomic, write_text_atomic
 from peftkit.model import load_causal_lm, load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.quantize import quant_storage_for
 from peftkit.recipe import Recipe
 from peftkit.runfolder import CHECKPOINT_DIR, LABEL_MAP_FILE, evaluation_dir, label_names_of
-from peftkit.sft_data import DEFAULT_CLASSIFICATION_PROMPT, CausalData, format_causal_report, load_causal_data
+from peftkit.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
+from peftkit.sft_data import (DEFAULT_CLASSIFICATION_PROMPT, CausalData, CausalSplitReport, format_causal_report,
+                              load_causal_data)
 from peftkit.sft_encode import prepare_examples, truncation_length
 from peftkit.speed import with_seeded_length_grouping
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, evaluation_intro, fmt, label_limits, metric_table
@@ -35,8 +38,12 @@ LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),
 
 
 def read_data(recipe: Recipe) -> CausalData:
-    """The examples, read and converted to TRL's formats: every check of the files, no tokenizer needed."""
-    return load_causal_data(recipe.data, recipe.task, recipe.seed)
+    """The examples, read and converted to TRL's formats, and the validation split carved from train when
+    ``selection`` asks for one: every check of the files, no tokenizer needed."""
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    carve_validation(causal.splits, causal.reports, recipe.selection.validation_fraction, recipe.seed,
+                     CausalSplitReport)
+    return causal
 
 
 def prepare_data(recipe: Recipe, tokenizer, causal: CausalData) -> TaskData:
@@ -73,14 +80,21 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model
         check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
     eval_during_training = args.eval_strategy != "no"
-    trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
+    # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
+    during = VALIDATION if VALIDATION in causal.splits else "eval"
+    trainer = guarded(with_label_scoring_evaluation(with_seeded_length_grouping(SFTTrainer)))(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
-        eval_dataset=datasets.Dataset.from_list(causal.examples("eval")) if eval_during_training else None,
+        eval_dataset=datasets.Dataset.from_list(causal.examples(during)) if eval_during_training else None,
         processing_class=tokenizer,
         callbacks=run_callbacks(recipe),
     )
+    if during == VALIDATION and recipe.task == "generative_classification":
+        trainer.validation_scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template,
+                                      recipe.evaluate.batch_size)
+    if causal.label_names and "train" in causal.splits:
+        say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return set_guard_policy(trainer, recipe)

@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.data import ClassificationData, evaluation_file, format_report, load_classification_data, split_size, tokenize_split
+from peftkit.data import (ClassificationData, SplitReport, evaluation_file, format_report, load_classification_data,
+                          split_size, tokenize_split)
 from peftkit.distributed import disable_token_count_loss_scaling
 from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
 from peftkit.guards import guarded
+from peftkit.imbalance import decide as decide_imbalance
+from peftkit.imbalance import with_imbalance_handling
 from peftkit.model import load_classifier, load_trained_classifier
 from peftkit.quantize import quant_storage_for
 from peftkit.recipe import Recipe
 from peftkit.progress import stderr_is_terminal
 from peftkit.runfolder import evaluation_dir, label_names_of
+from peftkit.selection import VALIDATION, carve_validation, head_compute_metrics
 from peftkit.speed import collator_pad_multiple, with_seeded_length_grouping
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
 from peftkit.tasks.interface import TaskCard, TaskData
@@ -29,18 +33,24 @@ PEFT_TASK_TYPE = "SEQ_CLS"
 
 
 def read_data(recipe: Recipe) -> ClassificationData:
-    """Both splits read and cleaned, the label set resolved: every check of the files, no tokenizer needed."""
-    return load_classification_data(recipe.data, recipe.seed)
+    """Both splits read and cleaned, the label set resolved, and the validation split carved from train when
+    ``selection`` asks for one: every check of the files, no tokenizer needed."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    carve_validation(data.splits, data.reports, recipe.selection.validation_fraction, recipe.seed, SplitReport)
+    return data
 
 
 def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskData:
-    """Both splits tokenized (truncation is counted in the data report)."""
+    """Every split tokenized (truncation is counted in the data report)."""
     train = tokenize_split(data.splits["train"], tokenizer, recipe.data.max_length, data.reports["train"])
     eval_ = tokenize_split(data.splits["eval"], tokenizer, recipe.data.max_length, data.reports["eval"])
+    validation = (tokenize_split(data.splits[VALIDATION], tokenizer, recipe.data.max_length, data.reports[VALIDATION])
+                  if VALIDATION in data.splits else None)
     say(format_report(data))
     return TaskData(label_names=data.label_names, report=data.report_dict(),
                     train_examples=split_size(data.splits["train"]), eval_examples=split_size(data.splits["eval"]),
-                    prepared={"train": train, "eval": eval_, "source": data.reports["eval"].source})
+                    prepared={"train": train, "eval": eval_, "source": data.reports["eval"].source,
+                              VALIDATION: validation, "train_labels": data.splits["train"]["label"]})
 
 
 def training_arguments(recipe: Recipe, run_dir: Path):
@@ -64,20 +74,28 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     from transformers import DataCollatorWithPadding, Trainer
 
     eval_during_training = args.eval_strategy != "no"
-    trainer = guarded(with_seeded_length_grouping(Trainer))(
+    validation = data.prepared.get(VALIDATION)
+    # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
+    during = validation if validation is not None else data.prepared["eval"]
+    trainer = guarded(with_imbalance_handling(with_seeded_length_grouping(Trainer)))(
         model=model,
         args=args,
         train_dataset=data.prepared["train"],
-        eval_dataset=data.prepared["eval"] if eval_during_training else None,
+        eval_dataset=during if eval_during_training else None,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=collator_pad_multiple(args)),
         processing_class=tokenizer,
         callbacks=run_callbacks(recipe),
+        compute_metrics=head_compute_metrics(data.label_names) if validation is not None else None,
     )
+    decision = decide_imbalance(recipe, data.prepared["train_labels"], data.label_names)
+    say(decision.line)
+    trainer.class_weights, trainer.sample_weights = decision.class_weights, decision.sample_weights
+    trainer.imbalance_facts = decision.facts()
     return set_guard_policy(trainer, recipe)
 
 
 def training_facts(trainer) -> dict[str, Any]:
-    return {}
+    return dict(getattr(trainer, "imbalance_facts", {}))
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:

@@ -1,0 +1,156 @@
+"""Choosing the model on a validation split carved from the training data, never on the eval file.
+
+With ``selection.validation_fraction`` > 0 a run holds out a seeded, stratified share of its training rows,
+evaluates on it during training (accuracy and macro F1 for classification tasks: the head's argmax through
+``compute_metrics``, or label scoring for generative_classification), keeps the best checkpoint
+(``load_best_model_at_end``, set by the recipe loader), stops early when the metric stops improving, and then
+evaluates the chosen checkpoint once on the eval file. ``metrics.json`` says which split chose the model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from peftkit.recipe import Recipe
+from peftkit.recipe.loading import selection_metric
+
+VALIDATION = "validation"
+
+
+def enabled(recipe: Recipe) -> bool:
+    return recipe.selection.validation_fraction > 0
+
+
+def carve_validation(splits: dict[str, dict[str, list]], reports: dict, fraction: float, seed: int,
+                     report_class: type) -> None:
+    """Move a seeded share of ``splits["train"]`` into ``splits["validation"]`` (in place), stratified by the
+    "label" column when there is one: each class gives round(fraction x its rows), at least one row and never all
+    of them. Rows keep their file order in both parts."""
+    if fraction <= 0:
+        return
+    train = splits["train"]
+    n = len(next(iter(train.values())))
+    rng = random.Random(seed)
+    labels = train.get("label")
+    chosen: list[int] = []
+    if labels is not None:
+        by_class: dict[Any, list[int]] = defaultdict(list)
+        for i, label in enumerate(labels):
+            by_class[label].append(i)
+        for label in sorted(by_class):
+            rows = by_class[label][:]
+            rng.shuffle(rows)
+            take = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
+            chosen += rows[:take]
+        how = "stratified by label"
+    else:
+        order = list(range(n))
+        rng.shuffle(order)
+        chosen = order[:min(max(1, int(n * fraction)), n - 1)]
+        how = "random rows"
+    held = set(chosen)
+    pick = lambda idx: {k: [v[i] for i in idx] for k, v in train.items()}  # noqa: E731
+    splits[VALIDATION] = pick(sorted(held))
+    splits["train"] = pick([i for i in range(n) if i not in held])
+    reports[VALIDATION] = report_class(
+        source=f"{reports['train'].source} (validation: {fraction:.0%} of the training rows, {how}, seed {seed})",
+        rows_read=len(held), rows_used=len(held))
+    reports["train"].rows_used = n - len(held)
+
+
+def head_compute_metrics(label_names: list[str]):
+    """compute_metrics for a classification head: accuracy and macro F1 of the argmax (the Trainer adds eval_)."""
+    from peftkit.evaluate import classification_metrics
+
+    def compute(prediction) -> dict[str, float]:
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        metrics = classification_metrics(prediction.label_ids.tolist(), logits.argmax(-1).tolist(), label_names)
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+    return compute
+
+
+def with_label_scoring_evaluation(trainer_class: type) -> type:
+    """``trainer_class`` whose evaluate() scores the label words on the validation split (generative_classification):
+    eval_accuracy and eval_macro_f1, as the classification head reports them; eval_loss too when loss selects.
+
+    Every process scores the whole (small) validation split, so early stopping decides the same on every rank.
+    """
+
+    class LabelScoringEvaluation(trainer_class):
+        validation_scoring: tuple | None = None  # (encoder, causal data, chat, batch size)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            if self.validation_scoring is None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            from peftkit.generative import evaluate_generative
+
+            encoder, causal, chat, batch_size = self.validation_scoring
+            metrics: dict[str, float] = {}
+            if self.args.metric_for_best_model in ("loss", "eval_loss"):
+                metrics |= super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            scored = evaluate_generative(self.model, encoder, causal, chat, batch_size, split=VALIDATION)
+            metrics |= {f"{metric_key_prefix}_accuracy": scored["accuracy"],
+                        f"{metric_key_prefix}_macro_f1": scored["macro_f1"],
+                        f"{metric_key_prefix}_seconds": scored["eval_seconds"]}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    LabelScoringEvaluation.__name__ = LabelScoringEvaluation.__qualname__ = trainer_class.__name__
+    return LabelScoringEvaluation
+
+
+def selection_callbacks(recipe: Recipe) -> list:
+    """Early stopping on the validation metric, when the recipe has a validation split and a patience."""
+    if not enabled(recipe) or recipe.selection.early_stopping_patience is None:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=recipe.selection.early_stopping_patience,
+                                  early_stopping_threshold=recipe.selection.early_stopping_threshold)]
+
+
+def selection_report(recipe: Recipe, trainer, validation_rows: int, eval_source: str | None) -> dict[str, Any]:
+    """metrics.json's ``selection``: which split chose the model, how, and that the eval file was read once."""
+    if not enabled(recipe):
+        return {"split": None, "model": "the last training step (no validation split: selection.validation_fraction 0)",
+                "eval_file_used_for": "this evaluation only"}
+    state = trainer.state
+    metric = selection_metric(recipe.selection, recipe.task)
+    history = [entry for entry in state.log_history if f"eval_{metric}" in entry]
+    best = state.best_model_checkpoint
+    return {
+        "split": VALIDATION,
+        "rows": validation_rows,
+        "how": f"{recipe.selection.validation_fraction:.0%} of the training rows, stratified by label, "
+               f"seed {recipe.seed}; never the eval file",
+        "metric": metric,
+        "best_checkpoint": Path(best).name if best else None,
+        f"best_validation_{metric}": state.best_metric,
+        "evaluations": [{"step": e["step"], metric: e[f"eval_{metric}"]} for e in history],
+        "early_stopped": bool(state.max_steps and state.global_step < state.max_steps),
+        "eval_file_used_for": "one evaluation of the selected checkpoint (this one)",
+        "eval_file": eval_source,
+    }
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for the console."""
+    if report.get("split") is None:
+        return "model: the last training step (no validation split); evaluated once on the eval file"
+    metric = report["metric"]
+    best = report.get(f"best_validation_{metric}")
+    stopped = ", stopped early" if report["early_stopped"] else ""
+    return (f"model selected on the validation split ({report['rows']} rows carved from train): "
+            f"{report['best_checkpoint']} with validation {metric} "
+            f"{best if best is None else round(best, 4)}{stopped}; evaluated once on the eval file "
+            f"{report.get('eval_file') or ''}".rstrip())
+
+
+def validation_rows(data) -> int:
+    """Rows in a run's validation split (0 without one), from its data report."""
+    return int((data.report.get(VALIDATION) or {}).get("rows_used", 0))
