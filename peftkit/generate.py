@@ -44,8 +44,8 @@ def label_probabilities(run_dir: Path, recipe, tokenizer, model, text: str) -> l
     """(label name, probability) for every label, most likely first: the run's prompt and label scoring."""
     from peftkit.generative import score_labels
     from peftkit.runfolder import LABEL_MAP_FILE, label_names_of
-    from peftkit.sft_data import apply_tokenizer_settings, classification_prompt, encoder_for, pair, \
-        resolve_label_words
+    from peftkit.sft_data import classification_prompt, pair, resolve_label_words
+    from peftkit.sft_encode import apply_tokenizer_settings, encoder_for
 
     names = label_names_of(run_dir) if (run_dir / LABEL_MAP_FILE).is_file() else recipe.data.label_names
     words = resolve_label_words(recipe.data, names)
@@ -68,7 +68,7 @@ def format_label_probabilities(ranked: list[tuple[str, float]]) -> str:
 
 def sft_prompt_ids(recipe, tokenizer, text: str):
     """The prompt's token ids as the sft run saw its prompts: its template, and its chat template if it used one."""
-    from peftkit.sft_data import apply_tokenizer_settings
+    from peftkit.sft_encode import apply_tokenizer_settings
 
     d = recipe.data
     apply_tokenizer_settings(tokenizer, recipe.train)

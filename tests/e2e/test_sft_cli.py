@@ -114,7 +114,7 @@ def test_generate_prints_label_probabilities_through_the_runs_template(generativ
     from peftkit.generative import score_labels
     from peftkit.model import load_trained_causal_lm
     from peftkit.runfolder import load_run
-    from peftkit.sft_data import encoder_for
+    from peftkit.sft_encode import encoder_for
 
     text = "a gorgeous, witty, seductive movie ."
     assert main(["generate", str(generative_run), text]) == 0

@@ -580,7 +580,8 @@ def two_checkpoint_run(tiny_llama_dir, sst2_small, tmp_path_factory) -> tuple[Pa
 
     tmp = tmp_path_factory.mktemp("two-checkpoints")
     data = {name: Path(shutil.copy(path, tmp / path.name)) for name, path in sst2_small.items()}
-    recipe = tiny_recipe(tiny_llama_dir, data, tmp / "run", evaluate={"enabled": False})
+    recipe = tiny_recipe(tiny_llama_dir, data, tmp / "run", evaluate={"enabled": False},
+                         keep_checkpoints="all")  # a finished run keeps only its last checkpoint by default
     recipe["train"].update(max_steps=4, save_strategy="steps", save_steps=2)
     path = write_recipe(tmp / "recipe.yaml", recipe)
     with torch_threads(1):

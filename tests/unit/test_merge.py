@@ -462,6 +462,12 @@ def test_dequantized_weights_reproduce_a_4bit_causal_lm(tmp_path: Path) -> None:
                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "causal")
+    from transformers import AutoTokenizer
+
+    from tests.conftest import minilm_tokenizer_dir
+
+    # a model folder holds its tokenizer (peftkit refuses one without: issue 12), even if this test does not use it
+    AutoTokenizer.from_pretrained(minilm_tokenizer_dir()).save_pretrained(tmp_path / "causal")
     recipe = Recipe(task="sft", model=ModelSection(name_or_path=str(tmp_path / "causal")),
                     quantization=QuantizationSection(load_in_4bit=True))
 
