@@ -35,7 +35,7 @@ from peftkit.console import say
 from peftkit.errors import PeftkitError, RunStopped
 from peftkit.io import write_text_atomic
 from peftkit.recipe import Recipe, read_yaml, recipe_from_dict, validate
-from peftkit.recipe.loading import apply_override, selection_metric
+from peftkit.recipe.loading import apply_override, selection_metric, set_dotted
 
 TRIALS_DIR = "trials"
 BEST_RECIPE = "best_recipe.yaml"
@@ -48,14 +48,7 @@ DEFAULT_VALIDATION_FRACTION = 0.1
 
 
 def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise PeftkitError(f"sweep.params: {key!r} in {dotted!r} is not a section")
-        node = child
-    node[keys[-1]] = value
+    set_dotted(raw, dotted.split("."), value, f"sweep.params: {dotted!r}")
 
 
 def _number(value: Any, key: str, what: str) -> float | int:

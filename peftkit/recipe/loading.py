@@ -94,11 +94,16 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError:
         value = value_text
+    set_dotted(raw, keys, value, f"override {item!r}")
+
+
+def set_dotted(raw: dict[str, Any], keys: list[str], value: Any, where: str) -> None:
+    """raw[keys[0]][keys[1]]... = value, creating sections on the way (an override, a sweep's parameter)."""
     node = raw
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise PeftkitError(f"override {item!r}: {key!r} is not a section")
+            raise PeftkitError(f"{where}: {key!r} is not a section")
         node = child
     node[keys[-1]] = value
 
