@@ -276,9 +276,24 @@ def read_raw_splits(data: DataSection, eval_file: str | None) -> dict[str, tuple
 def check_columns(rows: list[dict], data: DataSection, source: str) -> None:
     present = list(rows[0].keys())
     for role, column in (("text_column", data.text_column), ("label_column", data.label_column)):
+        if column not in present and len(present) == 1:
+            raise PeftkitError(wrong_delimiter_message(str(present[0]), source))
         if column not in present:
             raise PeftkitError(f"{source}: column {column!r} (data.{role}) not found; the file has columns "
                                f"{', '.join(map(str, present))}. Set data.{role} to one of them")
+
+
+def wrong_delimiter_message(only_column: str, source: str) -> str:
+    """A delimited file read with the wrong delimiter has one column whose name holds the real delimiter."""
+    names = {";": "semicolon", ",": "comma", "\t": "tab", "|": "pipe"}
+    found = [d for d in names if d in only_column]
+    if not found:
+        return (f"{source}: the file reads as one column {only_column!r}; a classification file needs a text and a "
+                "label column (set data.delimiter if the fields are separated by another character)")
+    d = max(found, key=only_column.count)
+    shown = '"\\t"' if d == "\t" else f'"{d}"'
+    return (f"{source}: the header reads as one column {only_column!r}: the delimiter looks wrong (the fields seem "
+            f"separated by {names[d]}s); set data.delimiter: {shown}")
 
 
 def infer_label_names(rows: list[dict], data: DataSection) -> list[str]:

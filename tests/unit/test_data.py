@@ -86,3 +86,17 @@ def test_truncation_is_counted(tiny_llama_dir):
     longer = sum(len(tokenizer(t)["input_ids"]) > 16 for t in data.splits["eval"]["text"])
     assert data.reports["eval"].truncated == longer > 0
     assert max(len(x) for x in ds["input_ids"]) == 16
+
+
+def test_a_semicolon_file_read_with_commas_says_the_delimiter_looks_wrong(tmp_path):
+    from peftkit.data import load_classification_data
+    from peftkit.errors import PeftkitError
+    from peftkit.recipe import DataSection
+
+    path = tmp_path / "reviews.csv"
+    path.write_text("text;label\ngreat film;positive\nawful;negative\nfine;positive\n", encoding="utf-8")
+    with pytest.raises(PeftkitError, match=r"one column 'text;label': the delimiter looks wrong .*semicolons.*"
+                                           r"data\.delimiter: \";\""):
+        load_classification_data(DataSection(train_file=str(path)), seed=0)
+    fixed = load_classification_data(DataSection(train_file=str(path), delimiter=";"), seed=0)
+    assert fixed.label_names == ["negative", "positive"]
