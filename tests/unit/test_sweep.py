@@ -18,7 +18,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from peftkit.errors import PeftkitError  # noqa: E402
-from peftkit.sweep import Sweep, candidates, report_callback, suggest  # noqa: E402
+from peftkit.sweep_search import Sweep, candidates, report_callback, suggest  # noqa: E402
 from tests.conftest import REPO, tiny_recipe, write_recipe  # noqa: E402
 
 
