@@ -94,7 +94,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
         examples = (data.train_examples, data.eval_examples)
         write_json_atomic(run_dir / SUMMARY_FILE, summary(recipe, result, trainable, total, started, examples,
                                                           before) | facts)
-        say(finish_run_folder(run_dir, recipe.keep_checkpoints))  # prune checkpoints as asked, print the size
+        say(finish_run_folder(run_dir, recipe.keep_checkpoints, trainer.state.best_model_checkpoint))
     return metrics
 
 

@@ -327,14 +327,17 @@ def human_size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def finish_run_folder(run_dir: Path, keep: str) -> str:
+def finish_run_folder(run_dir: Path, keep: str, best: str | None = None) -> str:
     """At the end of a successful run (main process): keep checkpoints as the recipe's keep_checkpoints says
-    (last | none | all) and say how much the run folder holds. Returns the line to print."""
+    (last | none | all; last keeps the best checkpoint too, which --resume of a finished run with a validation
+    split reloads) and say how much the run folder holds. Returns the line to print."""
     import shutil
 
     run_dir = Path(run_dir)
     checkpoints = complete_checkpoints(run_dir)
-    drop = {"all": [], "last": checkpoints[:-1], "none": checkpoints}[keep]
+    best_path = Path(best).resolve() if best else None
+    drop = {"all": [], "last": [c for c in checkpoints[:-1] if c.resolve() != best_path],
+            "none": checkpoints}[keep]
     freed = sum(folder_size(p) for p in drop)
     for path in drop:
         shutil.rmtree(path, ignore_errors=True)

@@ -39,6 +39,11 @@ COVERED = {
     "PEFTKIT_API_KEY=": ("tests/e2e/test_serve.py", "PEFTKIT_API_KEY"),
     "curl -s localhost:8000/v1/classify": ("tests/e2e/test_serve.py", "/v1/classify"),
     "pip install 'peftkit[serve]'": ("pyproject.toml", "serve = ["),
+    "pip install 'peftkit[search]'": ("pyproject.toml", "search = ["),
+    # a sweep runs many trainings: tests/unit/test_sweep.py runs real sweeps (two workers on one storage, resume)
+    "peftkit sweep": ("tests/unit/test_sweep.py", '"peftkit", "sweep"'),
+    "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/test_sweep.py",
+                                                              'load_recipe(out / "best_recipe.yaml")'),
     # GPU serving engines: what can be checked here is that the folders hold what they load
     "vllm serve": ("tests/e2e/test_serve.py", "test_sft_adapter_folder_has_what_vllm_multi_lora_loads"),
     "peftkit merge runs/my-sft && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),

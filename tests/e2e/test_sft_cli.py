@@ -151,7 +151,11 @@ def test_generate_refuses_a_classification_head_run(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
-    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")  # present: the refusal must be about the task
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"w": torch.zeros(1)}, run / "adapter" / "adapter_model.safetensors")  # loads: the refusal is the task's
+    (run / "adapter" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
     recipe = recipe_from_dict({"model": {"name_or_path": "x"}, "data": {"train_file": "t.tsv"}})
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict()))
     assert main(["generate", str(run), "hello"]) == 2

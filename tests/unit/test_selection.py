@@ -141,7 +141,7 @@ def test_evaluation_during_training_reads_the_validation_split_not_the_eval_file
                       train={"save_strategy": "steps"})
     recipe = load_recipe(write_recipe(tmp_path / "recipe.yaml", raw))
     tokenizer = load_tokenizer(recipe.model, local_path(recipe.model))
-    data = classification.load_data(recipe, tokenizer)
+    data = classification.prepare_data(recipe, tokenizer, classification.read_data(recipe))
     args = classification.training_arguments(recipe, tmp_path / "run")
     model = classification.load_model(recipe, tokenizer, data, local_path(recipe.model))
     trainer = classification.build_trainer(recipe, args, model, tokenizer, data)
