@@ -114,7 +114,6 @@ def read_table(path: str | Path, data: DataSection) -> list[dict[str, Any]]:
         raise PeftkitError(f"{path}: cannot be read as {kind}: {str(e).splitlines()[0]}") from None
     if not rows:
         raise PeftkitError(f"{path}: no data rows (only a header?)")
-    check_header_unique(path, kind, data)
     return rows
 
 
@@ -141,15 +140,8 @@ def delimiter_of(path: Path, data: DataSection) -> str:
     return "\t" if path.suffix.lower() == ".tsv" else ","
 
 
-def check_header_unique(path: Path, kind: str, data: DataSection) -> None:
-    """A csv/tsv header that names a column twice: the readers keep the last one silently. Read apart from the
-    readers (the first line only), with the delimiter the reader used."""
-    if kind not in ("csv", "tsv") or not data.has_header:
-        return
-    delimiter = delimiter_of(path, data)
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader(f, delimiter=delimiter,
-                                 quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL), [])
+def check_header_unique(header: list[str], path: Path) -> None:
+    """A csv/tsv header that names a column twice: building rows as dicts would keep the last one silently."""
     seen = set()
     for name in header:
         if name in seen:
@@ -175,6 +167,8 @@ def _read_delimited(path: Path, data: DataSection) -> list[dict[str, Any]]:
                 raise ValueError(f"line {line_number} has {len(values)} fields, the header has {len(header)} "
                                  f"({', '.join(header)})")
             rows.append(dict(zip(header, values)))
+        if rows and data.has_header:
+            check_header_unique(header, path)
         return rows
 
 

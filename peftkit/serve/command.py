@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from peftkit.serve._peftkit import PeftkitError
+from peftkit.errors import PeftkitError
 
 
 def add_serve_parser(sub) -> None:

@@ -7,9 +7,11 @@ what makes `set_adapter` safe for the paths that need it).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
-from peftkit.serve._peftkit import fit_text, pair, score_labels
+from peftkit.generative import score_labels
+from peftkit.sft_data import pair
+from peftkit.sft_encode import fit_text
 from peftkit.serve.models import BaseGroup, ServedRun
 
 

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftkit.serve._peftkit import (ADAPTER_DIR, CAUSAL_TASKS, LABEL_MAP_FILE, PeftkitError, apply_tokenizer_settings,
-                                    encoder_for, label_names_of, load_causal_lm, load_classifier, load_run,
-                                    load_tokenizer, resolve_label_words)
+from peftkit.errors import PeftkitError
+from peftkit.model import load_causal_lm, load_classifier, load_tokenizer
+from peftkit.recipe import CAUSAL_TASKS
+from peftkit.runfolder import ADAPTER_DIR, LABEL_MAP_FILE, label_names_of, load_run
+from peftkit.sft_data import resolve_label_words
+from peftkit.sft_encode import apply_tokenizer_settings, encoder_for
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
