@@ -232,12 +232,14 @@ def objective(sweep: Sweep):
         started = time.time()
         try:
             run(recipe, callbacks=[reporter])
-        except RunStopped:
-            # SIGTERM/SIGINT: this worker stops (not the next trial); the trial is run again first on resume
+        except RunStopped as stopped:
+            # SIGTERM/SIGINT: this worker stops (not the next trial); the trial is run again first on resume.
+            # The run's own message says `peftkit train ... --resume`, which is not how a sweep continues.
             trial.study.enqueue_trial(params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
             trial.study.stop()
             run_trial.stopped_trial = trial.number
-            raise
+            raise RunStopped(f"{name} stopped by a signal; it runs again first when you resume the sweep: "
+                             f"peftkit sweep {sweep.path}", exit_code=stopped.exit_code) from None
         finally:
             trial.set_user_attr("seconds", round(time.time() - started, 1))
         if reporter.best is None:

@@ -157,3 +157,23 @@ def test_a_killed_sweep_resumes_and_retries_the_interrupted_trial(tmp_path, tiny
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert retry and retry[0].params == trials[0].params and retry[0].state == optuna.trial.TrialState.COMPLETE
     assert "retry_of" in (tmp_path / "sweep" / "trials.csv").read_text()
+
+
+def test_a_trial_stopped_by_a_signal_says_how_to_resume_the_sweep(tmp_path, sst2_small, monkeypatch):
+    """The run's own stop message says `peftkit train ... --resume`; inside a sweep that is the wrong advice."""
+    import peftkit.sweep_search as search
+    from peftkit.errors import RunStopped
+
+    def stopped_run(recipe, callbacks=()):
+        raise RunStopped(f"stopped by SIGTERM at step 2. Resume with: peftkit train {recipe.source} --resume",
+                         exit_code=143)
+
+    monkeypatch.setattr("peftkit.run.run", stopped_run)   # objective() imports it when called
+    sweep = Sweep(str(_sweep_recipe(tmp_path, Path("model"), sst2_small)))
+    study = optuna.create_study(direction="maximize")
+    run_trial = search.objective(sweep)
+    with pytest.raises(RunStopped) as stop:
+        study.optimize(run_trial, n_trials=1)   # study.stop() only works inside optimize
+    assert "peftkit train" not in str(stop.value) and f"peftkit sweep {sweep.path}" in str(stop.value)
+    assert stop.value.exit_code == 143 and run_trial.stopped_trial == 0
+    assert study.get_trials()[-1].user_attrs["retry_of"] == 0   # enqueued to run again first
