@@ -226,10 +226,15 @@ def validate_selection(recipe: Recipe, fail: typing.Callable[[str], typing.NoRet
     metrics = ("loss",) if recipe.task == "sft" else ("accuracy", "macro_f1", "loss")
     if s.metric is not None and s.metric not in metrics:
         fail(f"'selection.metric' must be one of {', '.join(metrics)} for task {recipe.task}, got {s.metric!r}")
-    if s.evaluations < 1:
-        fail(f"'selection.evaluations' must be at least 1, got {s.evaluations}")
+    if s.evaluations < 2:
+        # 1 would become eval_steps 1.0, which transformers reads as "every step", not "once, at the end"
+        fail(f"'selection.evaluations' must be at least 2 (the validation split chooses among the checkpoints "
+             f"saved at each evaluation), got {s.evaluations}")
     if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
         fail("'selection.early_stopping_patience' must be at least 1, or null for no early stopping")
+    if s.validation_fraction > 0 and t.get("eval_strategy") == "no":
+        fail("'selection.validation_fraction' evaluates on the validation split during training: remove "
+             "'train.eval_strategy: no', or set 'selection.validation_fraction: 0' to train without selection")
     if s.validation_fraction > 0 and t.get("save_strategy") == "no":
         fail("'selection.validation_fraction' keeps the best checkpoint, so it needs checkpoints: remove "
              "'train.save_strategy: no' (selection saves one at each evaluation)")

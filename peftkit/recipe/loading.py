@@ -140,7 +140,7 @@ def apply_selection_settings(values: dict[str, Any], raw_train: dict[str, Any], 
     if selection.validation_fraction <= 0:
         return
     metric = selection_metric(selection, task)
-    every = 1.0 / max(selection.evaluations, 1)  # < 1: a ratio of the total training steps
+    every = 1.0 / max(selection.evaluations, 1)  # < 1 (checks want >= 2): a ratio of the training steps
     strategy = raw_train.get("eval_strategy", "steps")
     fill = {"eval_strategy": strategy, "save_strategy": strategy,
             "load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": metric != "loss"}

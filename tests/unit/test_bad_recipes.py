@@ -67,6 +67,8 @@ CASES = [
     ("missing-model-folder", patched("model", name_or_path="./models/nope"), "local folder './models/nope' does not exist"),
     ("unknown-packaged", patched("model", name_or_path="packaged:smollm3"), "packaged"),
     ("bf16-and-fp16", patched("train", bf16=True, fp16=True), "choose one"),
+    ("one-evaluation", patched("selection", validation_fraction=0.1, evaluations=1), "'selection.evaluations' must be at least 2"),
+    ("selection-without-evaluation", patched("selection", validation_fraction=0.1) | {"train": {"eval_strategy": "no"}}, "remove 'train.eval_strategy: no'"),
 ]
 
 
