@@ -24,7 +24,6 @@ import argparse
 import os
 import statistics
 import time
-from pathlib import Path
 
 from common import REPO, command_line, environment, matmul_peak, write_results
 
