@@ -112,9 +112,11 @@ def mfu(result: dict[str, Any], peak: dict[str, float], tokens_per_s_key: str = 
     facts = result.get("model_facts")
     if not facts or not result.get(tokens_per_s_key) or not result.get("context_tokens"):
         return {}
+    # MFU counts the model's FLOPs, not the work done: a checkpointed run's recomputed forward is not counted
+    # (that would be hardware-FLOPs utilisation), so checkpointing shows as the cost it is
     per_token = flops_per_token(facts["config"], context=result["context_tokens"],
                                 trainable_params=facts["trainable_params"],
-                                lm_head_every_token=facts["lm_head_every_token"], recompute=facts["recompute"])
+                                lm_head_every_token=facts["lm_head_every_token"], recompute=False)
     gflops = per_token * result[tokens_per_s_key] / 1e9
     return {"gflop_per_token": round(per_token / 1e9, 4), "model_gflops": round(gflops, 2),
             "of_bf16_peak": round(gflops / peak["bfloat16"], 4), "of_fp32_peak": round(gflops / peak["float32"], 4)}

@@ -140,3 +140,6 @@ def test_mfu_is_model_flops_per_second_over_the_peak():
     assert figures["model_gflops"] == round(gflops, 2)
     assert figures["of_bf16_peak"] == round(gflops / 20, 4) and figures["of_fp32_peak"] == round(gflops / 5, 4)
     assert mfu({"useful_tokens_per_s": 1e6}, {"bfloat16": 1, "float32": 1}) == {}  # a run without facts: no figure
+    # the recomputed forward of gradient checkpointing is work, not model FLOPs: the same MFU figure
+    checkpointed = dict(run, model_facts=dict(facts, recompute=True))
+    assert mfu(checkpointed, {"bfloat16": 20.0, "float32": 5.0}) == figures
