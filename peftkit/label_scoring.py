@@ -162,9 +162,11 @@ def bf16_autocast(model, enabled: bool):
     head = model.get_output_embeddings()
     original = head.forward
 
+    dtype = getattr(head, "weight", torch.empty(0)).dtype  # float32 unless the recipe loaded the model in 16 bits
+
     def float32_head(hidden, *args, **kwargs):
         with torch.autocast(device_type, enabled=False):
-            return original(hidden.float(), *args, **kwargs)
+            return original(hidden.to(dtype), *args, **kwargs)
 
     head.forward = float32_head
     try:
