@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (MODELS, RESULTS, arg_threads_help, cls_arm, command_line, env_lines, environment, fmt_ratio,
-                    interleaved, median_of, ratio_stats, write_results)
+from common import (MODELS, RESULTS, arg_threads_help, best_peak, cls_arm, command_line, env_lines, environment,
+                    fmt_mfu, fmt_ratio, interleaved, matmul_peak, median_mfu, median_of, peak_line, ratio_stats,
+                    write_results)
 
 
 def main() -> None:
@@ -41,7 +42,10 @@ def main() -> None:
     arms = [cls_arm(base_name, "hf_cls", recipe, examples=a.examples, stride=stride, evaluate=False),
             cls_arm(peft_name, "peftkit_cls", recipe, examples=a.examples, stride=stride, evaluate=False)]
     env = environment(a.threads)
+    peaks = [matmul_peak(a.threads)]  # the machine's peak, measured before and after the arms (MFU)
     results = interleaved(arms, repeats, threads=a.threads, log_dir=RESULTS / "logs")
+    peaks.append(matmul_peak(a.threads))
+    peak = best_peak(*peaks)
     base, peft = results[base_name], results[peft_name]
     speed = ratio_stats(base, peft, "epoch_useful_tokens_per_s_model")
     measured = ratio_stats(base, peft, "useful_tokens_per_s")
@@ -71,6 +75,9 @@ def main() -> None:
           f"{median_of(peft, 'useful_tokens_per_s')} | {fmt_ratio(measured)} |",
           f"| optimizer steps/s | {median_of(base, 'steps_per_s', 4)} | {median_of(peft, 'steps_per_s', 4)} | "
           f"{fmt_ratio(steps)} |",
+          f"| model GFLOP/s, whole epoch (modelled) | {fmt_mfu(median_mfu(base, peak, 'epoch_useful_tokens_per_s_model'))} | "
+          f"{fmt_mfu(median_mfu(peft, peak, 'epoch_useful_tokens_per_s_model'))} | |",
+          f"| model GFLOP/s, measured steps only | {fmt_mfu(median_mfu(base, peak))} | {fmt_mfu(median_mfu(peft, peak))} | |",
           f"| padding fraction, measured batches | {median_of(base, 'padding_fraction', 3):.1%} | "
           f"{median_of(peft, 'padding_fraction', 3):.1%} | |",
           f"| padding fraction, whole epoch | {median_of(base, 'epoch_padding_fraction', 3):.1%} | "
@@ -79,9 +86,10 @@ def main() -> None:
           f"{median_of(peft, 'peak_rss_train_mb', 0):.0f} | {fmt_ratio(memory)} less |",
           "", "Per pair (whole-epoch useful tokens/s ratio): " + ", ".join(f"{r:.2f}x" for r in speed["ratios"])
           + "; measured steps only: " + ", ".join(f"{r:.2f}x" for r in measured["ratios"]), "",
-          env_lines(env, started)]
+          peak_line(peaks), "", env_lines(env, started)]
     payload = {"benchmark": "classification_speed", "command": command_line(), "model": a.model, "recipe": recipe,
                "examples": a.examples, "stride": stride, "repeats": repeats, "environment": env,
+               "matmul_peaks": peaks, "mfu": {"baseline": median_mfu(base, peak), "peftkit": median_mfu(peft, peak)},
                "ratios": {"epoch_useful_tokens_per_s_model": speed, "useful_tokens_per_s_measured": measured,
                           "steps_per_s": steps, "peak_rss_less": memory},
                "runs": results}

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (ALL_LEVERS_OFF, MODELS, RESULTS, arg_threads_help, cls_arm, command_line, env_lines,
-                    environment, fmt_ratio, interleaved, median_of, ratio_stats, write_results)
+from common import (ALL_LEVERS_OFF, MODELS, RESULTS, arg_threads_help, best_peak, cls_arm, command_line, env_lines,
+                    environment, fmt_mfu, fmt_ratio, interleaved, matmul_peak, median_mfu, median_of, peak_line,
+                    ratio_stats, write_results)
 
 # arm -> (recipe overrides, collator pad multiple: 8, 0 = none, None = peftkit's own choice)
 LEVERS = {
@@ -69,7 +70,10 @@ def main() -> None:
         arms.append(cls_arm(f"{a.model}:{n}", "peftkit_cls", recipe, examples=a.examples, stride=stride,
                             evaluate=False, overrides=overrides, **extra))
     env = environment(a.threads)
+    peaks = [matmul_peak(a.threads)]  # the machine's peak, measured before and after the arms (MFU)
     results = interleaved(arms, repeats, threads=a.threads, log_dir=RESULTS / "logs")
+    peaks.append(matmul_peak(a.threads))
+    peak = best_peak(*peaks)
     ref = results[f"{a.model}:{a.reference}"]
     rows = []
     for n in names:
@@ -85,6 +89,7 @@ def main() -> None:
             "train_s": median_of(res, "train_s", 1),
             "steps": res[0]["steps"],
             "first_step_s": median_of(res, "first_step_s", 2),
+            "mfu": median_mfu(res, peak),
         })
     steps = rows[0]["steps"]
     md = [f"# Speed levers, one at a time ({a.model}, SST-2, peftkit train path)", "",
@@ -94,15 +99,16 @@ def main() -> None:
           f"of lengths as its whole epoch. Ratios are against `{a.reference}` measured in the same round "
           f"(rotating order, {repeats} round(s)): median (min-max, n). Absolute tok/s and seconds are context only.", "",
           f"| arm | what | useful tok/s vs {a.reference} | steps/s vs {a.reference} | padding (measured / whole epoch) | "
-          "peak RSS MB | useful tok/s (abs.) | train s (abs.) |",
-          "|---|---|---|---|---|---|---|---|"]
+          "peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         md.append(f"| {r['arm']} | {r['note']} | {fmt_ratio(r['useful_tok_s_ratio'])} | {fmt_ratio(r['steps_per_s_ratio'])}"
                   f" | {r['padding_fraction']:.1%} / {r['epoch_padding_fraction']:.1%} | {r['peak_rss_mb']:.0f} | "
-                  f"{r['useful_tok_s']} | {r['train_s']} |")
-    md += ["", env_lines(env, started)]
+                  f"{r['useful_tok_s']} | {r['train_s']} | {fmt_mfu(r['mfu'])} |")
+    md += ["", peak_line(peaks), "", env_lines(env, started)]
     payload = {"benchmark": "levers", "command": command_line(), "model": a.model, "recipe": recipe,
                "examples": a.examples, "stride": stride, "repeats": repeats, "environment": env, "rows": rows,
+               "matmul_peaks": peaks,
                "runs": results}
     write_results(f"levers_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 

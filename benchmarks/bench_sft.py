@@ -38,8 +38,9 @@ from pathlib import Path
 import yaml
 from typing import Any
 
-from common import (REPO, RESULTS, SST2_DEV, SST2_TRAIN, arg_threads_help, command_line, env_lines, environment,
-                    fmt_ratio, median_of, ratio_stats, run_worker, write_results)
+from common import (REPO, RESULTS, SST2_DEV, SST2_TRAIN, arg_threads_help, best_peak, command_line, env_lines,
+                    environment, fmt_mfu, fmt_ratio, matmul_peak, median_mfu, median_of, peak_line, ratio_stats,
+                    run_worker, write_results)
 
 MODEL = "packaged:smollm2-135m-instruct"
 GEN_RECIPE = "recipes/sst2/smollm2_lora_gen.yaml"
@@ -143,6 +144,7 @@ def main() -> None:
         else:
             raise SystemExit(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
     env = environment(a.threads)
+    peaks = [matmul_peak(a.threads)]  # the machine's peak, measured before and after the arms (MFU)
     results: dict[str, list[dict]] = {name: [] for name, _ in specs}
     for rnd in range(a.repeats):
         order = specs[rnd % len(specs):] + specs[:rnd % len(specs)]
@@ -160,6 +162,8 @@ def main() -> None:
             results[name].append(res)
             print(f"    train {res['train_s']:.1f} s, {res['steps']} steps, useful {res.get('useful_tokens_per_s')} tok/s",
                   flush=True)
+    peaks.append(matmul_peak(a.threads))
+    peak = best_peak(*peaks)
     # the reference: the plain-TRL baseline, or the first arm measured when the baseline was not asked for
     reference = "trl-packing-off" if results.get("trl-packing-off") else next((n for n, r in results.items() if r), None)
     base = results.get(reference) or []
@@ -174,7 +178,8 @@ def main() -> None:
         rows.append(f"| {name} | {fmt_ratio(speed)} | {fmt_ratio(epoch)} | {res[0]['steps']} | "
                     f"{'n/a' if pad is None else f'{pad:.1%}'} | {median_of(res, 'train_loss', 4)} | "
                     f"{'-' if acc is None else acc} | {median_of(res, 'peak_rss_train_mb', 0)} | "
-                    f"{median_of(res, 'useful_tokens_per_s')} | {median_of(res, 'train_s')} |")
+                    f"{median_of(res, 'useful_tokens_per_s')} | {median_of(res, 'train_s')} | "
+                    f"{fmt_mfu(median_mfu(res, peak))} |")
     md = ["# SFT / generative path: packing and padding-free vs plain SFTTrainer (SmolLM2-135M, SST-2 as text)", "",
           f"Command: `{command_line()}`", "",
           f"{examples} SST-2 training sentences as prompt -> label word, one full epoch per arm, lr "
@@ -184,12 +189,13 @@ def main() -> None:
           "and useful tokens/s. LLaMA-Factory's tokens are its own `num_input_tokens_seen` (non-padding), its time "
           "its own `train_runtime`, its memory the peak RSS of the whole CLI process.", "",
           f"| arm | useful tok/s vs {reference} | epoch speed vs {reference} | optimizer steps | padding | train loss | "
-          "label accuracy | peak RSS MB | useful tok/s (abs.) | train s (abs.) |",
-          "|---|---|---|---|---|---|---|---|---|---|", *rows]
+          "label accuracy | peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
     if skipped:
         md += ["", "Not run:"] + [f"- {k}: {v}" for k, v in skipped.items()]
-    md += ["", env_lines(env, started)]
-    payload = {"benchmark": "sft", "command": command_line(), "examples": examples, "hyper": HYPER,
+    md += ["", peak_line(peaks) + " LLaMA-Factory's run is not instrumented for MFU (n/a).", "",
+           env_lines(env, started)]
+    payload = {"benchmark": "sft", "matmul_peaks": peaks, "command": command_line(), "examples": examples, "hyper": HYPER,
                "environment": env, "skipped": skipped, "runs": results}
     write_results(a.name + ("_quick" if a.quick else ""), payload, "\n".join(md))
 

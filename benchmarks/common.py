@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mfu import best_peak, fmt_mfu, matmul_peak, median_mfu, mfu, peak_line  # noqa: F401 (the benchmarks' MFU helpers)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 WORKER = REPO / "benchmarks" / "worker.py"

@@ -90,6 +90,7 @@ class CountingCollator:
             inner.pad_to_multiple_of = pad_to_multiple_of or None
         self.counting = True
         self.batches = self.useful = self.positions = 0
+        self.squares = 0  # sum of squared example lengths: the mean context a token attends over (MFU)
         self.per_batch: list[tuple[int, int]] = []  # (useful tokens, padded positions) of each training batch
 
     def __call__(self, examples):
@@ -99,6 +100,7 @@ class CountingCollator:
             self.batches += 1
             self.useful += useful
             self.positions += positions
+            self.squares += sum(len(e["input_ids"]) ** 2 for e in examples)
             self.per_batch.append((useful, positions))
         return batch
 
@@ -185,6 +187,7 @@ class Observer:
         self.collator: CountingCollator | None = None
         self.eval_s = None
         self.trainer_args = None
+        self.model = None
 
 
 def make_callback(obs: Observer):
@@ -209,6 +212,7 @@ def make_callback(obs: Observer):
 def observe(trainer, spec: dict[str, Any], obs: Observer) -> None:
     """Attach the observers to a built Trainer (same for every arm)."""
     obs.trainer_args = trainer.args
+    obs.model = trainer.model
     obs.collator = CountingCollator(trainer.data_collator, spec.get("pad_to_multiple_of"))
     trainer.data_collator = obs.collator
     trainer.add_callback(make_callback(obs))
@@ -262,6 +266,12 @@ def summarize(obs: Observer, spec: dict[str, Any], extra: dict[str, Any]) -> dic
         "torch_threads": torch.get_num_threads(),
         "eval_s": round(obs.eval_s, 2) if obs.eval_s is not None else None,
     }
+    if obs.model is not None:  # what the model FLOPs per token are counted from (benchmarks/mfu.py)
+        from mfu import model_facts
+
+        out["model_facts"] = model_facts(obs.model, lm_head_every_token=spec["kind"] in ("trl_sft", "peftkit_sft"),
+                                         recompute=bool(getattr(obs.trainer_args, "gradient_checkpointing", False)))
+        out["context_tokens"] = round(c.squares / c.useful, 1) if c.useful else None
     if len(gaps) > 4 and c.batches:
         out["steady_useful_tokens_per_s"] = round(c.useful / c.batches / out["steady_step_s_median"], 2)
     if "torch._dynamo" in sys.modules:

@@ -42,7 +42,7 @@ def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 128, raw: b
 
 def label_probabilities(run_dir: Path, recipe, tokenizer, model, text: str) -> list[tuple[str, float]]:
     """(label name, probability) for every label, most likely first: the run's prompt and label scoring."""
-    from peftkit.generative import score_labels
+    from peftkit.generative import label_scoring, score_labels
     from peftkit.runfolder import LABEL_MAP_FILE, label_names_of
     from peftkit.sft_data import classification_prompt, pair, resolve_label_words
     from peftkit.sft_encode import apply_tokenizer_settings, encoder_for
@@ -54,7 +54,8 @@ def label_probabilities(run_dir: Path, recipe, tokenizer, model, text: str) -> l
     chat = recipe.data.use_chat_template
     example = pair(classification_prompt(recipe.data, text), words[0], chat)
     model.eval()
-    (scores,) = score_labels(model, encoder, [example["prompt"]], words, chat, batch_size=1)
+    (scores,) = score_labels(model, encoder, [example["prompt"]], words, chat, batch_size=1,
+                             scoring=label_scoring(recipe))
     top = max(scores)
     weights = [math.exp(s - top) for s in scores]
     total = sum(weights)

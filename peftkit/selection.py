@@ -81,18 +81,19 @@ def with_label_scoring_evaluation(trainer_class: type) -> type:
     """
 
     class LabelScoringEvaluation(trainer_class):
-        validation_scoring: tuple | None = None  # (encoder, causal data, chat, batch size)
+        validation_scoring: tuple | None = None  # (encoder, causal data, chat, batch size, LabelScoring)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             if self.validation_scoring is None:
                 return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             from peftkit.generative import evaluate_generative
 
-            encoder, causal, chat, batch_size = self.validation_scoring
+            encoder, causal, chat, batch_size, scoring = self.validation_scoring
             metrics: dict[str, float] = {}
             if self.args.metric_for_best_model in ("loss", "eval_loss"):
                 metrics |= super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            scored = evaluate_generative(self.model, encoder, causal, chat, batch_size, split=VALIDATION)
+            scored = evaluate_generative(self.model, encoder, causal, chat, batch_size, split=VALIDATION,
+                                         scoring=scoring)
             metrics |= {f"{metric_key_prefix}_accuracy": scored["accuracy"],
                         f"{metric_key_prefix}_macro_f1": scored["macro_f1"],
                         f"{metric_key_prefix}_seconds": scored["eval_seconds"]}

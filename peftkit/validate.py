@@ -50,5 +50,6 @@ def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str])
     line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
                                              zip(label_names, label_words, counts))
     if len(set(counts)) > 1:
-        line += " (lengths differ: scores are summed log-probabilities, EOS included)"
+        line += (" (lengths differ: evaluate.label_score says how they are made comparable: sum, mean or "
+                 "calibrated; see recipes/README.md)")
     return line

@@ -82,6 +82,9 @@ def validate(recipe: Recipe) -> None:
         fail("'safety.max_skipped_batches' must be 0 or more")
     if recipe.evaluate.batch_size <= 0:
         fail("'evaluate.batch_size' must be positive")
+    if recipe.task != "generative_classification" and (recipe.evaluate.label_score != "sum" or recipe.evaluate.bf16):
+        fail("'evaluate.label_score' and 'evaluate.bf16' apply to task generative_classification (label scoring); "
+             f"task {recipe.task} does not score labels: remove them")
     validate_selection(recipe, fail)
     if recipe.task in CAUSAL_TASKS:
         validate_causal(recipe, fail)

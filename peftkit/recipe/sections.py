@@ -136,6 +136,14 @@ class EvaluateSection:
 
     batch_size: int = 32
     enabled: bool = True
+    label_score: Literal["sum", "mean", "calibrated"] = "sum"
+    """generative_classification: how a label word's tokens make its score. sum: log P(label word + EOS | prompt),
+    what training maximises; mean: that per token; calibrated: minus the label's log-probability after a
+    content-free prompt (the template with the text "N/A"), which removes each word's prior and its length's cost.
+    Choose on a validation split (recipes/README.md has what each measured)."""
+    bf16: bool = False
+    """generative_classification: score labels under bf16 autocast (LM head in float32). Faster on CPUs with native
+    bf16, but log-probabilities move by up to ~0.3 (benchmarks/README.md): off unless speed matters more."""
 
 
 @dataclass

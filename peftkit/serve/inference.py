@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from peftkit.generative import score_labels
+from peftkit.generative import label_scoring, score_labels
 from peftkit.sft_data import pair
 from peftkit.sft_encode import fit_text
 from peftkit.serve.models import BaseGroup, ServedRun
@@ -92,7 +92,8 @@ def classify_generative(run: ServedRun, texts: list[str], max_batch_size: int,
     if model.active_adapter != run.adapter:
         model.set_adapter(run.adapter)
     with torch.inference_mode():
-        scores = score_labels(model, run.encoder, prompts, run.label_words, chat, batch_size=max_batch_size)
+        scores = score_labels(model, run.encoder, prompts, run.label_words, chat, batch_size=max_batch_size,
+                              scoring=label_scoring(run.recipe))
     on_forward(Forward(rows=len(texts), adapters=1))
     return torch.softmax(torch.tensor(scores, dtype=torch.float64), -1).tolist()
 

@@ -14,7 +14,7 @@ from peftkit.console import say
 from peftkit.data import evaluation_file, split_size
 from peftkit.errors import PeftkitError
 from peftkit.evaluate import format_metrics, write_metrics
-from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_metrics
+from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
 from peftkit.guards import guarded
 from peftkit.imbalance import decide as decide_imbalance
 from peftkit.io import write_json_atomic, write_text_atomic
@@ -92,7 +92,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     )
     if during == VALIDATION and recipe.task == "generative_classification":
         trainer.validation_scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template,
-                                      recipe.evaluate.batch_size)
+                                      recipe.evaluate.batch_size, label_scoring(recipe))
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
     trainer.data_collator = TokenCounter(trainer.data_collator)
@@ -130,7 +130,8 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
 def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData) -> dict[str, Any]:
     """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
     if recipe.task == "generative_classification":
-        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size)
+        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
+                                      scoring=label_scoring(recipe))
     else:
         metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
     metrics["split"] = "eval"
