@@ -69,25 +69,24 @@ def fingerprint(run_dir: Path, texts: Sequence[str]) -> str:
 
 def teacher_probabilities(run_dir: Path, recipe, texts: Sequence[str], batch_size: int = 32):
     """float32 tensor [len(texts), labels]: the teacher's label probabilities (no gradients)."""
+    return load_teacher(run_dir, recipe, batch_size)(texts)
+
+
+def load_teacher(run_dir: Path, recipe, batch_size: int = 32):
+    """The teacher loaded once: a function texts -> float32 tensor of label probabilities."""
     import torch
 
     if recipe.task in HEAD_TASKS:
-        return head_probabilities(run_dir, recipe, texts, batch_size)
+        from peftkit.model import load_trained_classifier
+
+        tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, label_names_of(run_dir))
+        return lambda texts: softmax_in_batches(model, tokenizer, texts, recipe.data.max_length, batch_size)
     from peftkit.serve.inference import classify_generative
     from peftkit.serve.models import load_runs
 
     (run,) = load_runs([str(run_dir)], say=lambda line: None)
-    probs = classify_generative(run, list(texts), batch_size, on_forward=lambda forward: None)
-    return torch.tensor(probs, dtype=torch.float32)
-
-
-def head_probabilities(run_dir: Path, recipe, texts: Sequence[str], batch_size: int):
-    import torch
-
-    from peftkit.model import load_trained_classifier
-
-    tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, label_names_of(run_dir))
-    return softmax_in_batches(model, tokenizer, texts, recipe.data.max_length, batch_size)
+    return lambda texts: torch.tensor(classify_generative(run, list(texts), batch_size, on_forward=lambda f: None),
+                                      dtype=torch.float32)
 
 
 def softmax_in_batches(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int):

@@ -82,6 +82,11 @@ def prepare_data(recipe: Recipe, tokenizer, data: DistillationData) -> TaskData:
     task_data = classification.prepare_data(recipe, tokenizer, data.labelled)
     texts = list(data.labelled.splits["train"]["text"])
     train = task_data.prepared["train"]
+    labelled = set(texts)  # a labelled row also read as unlabelled (both from one file) keeps only its label
+    unlabelled = [t for t in data.unlabelled if t not in labelled]
+    if len(unlabelled) < len(data.unlabelled):
+        say(f"unlabelled: {len(data.unlabelled) - len(unlabelled)} rows are labelled training rows; left out")
+    data.unlabelled = unlabelled
     if data.unlabelled:
         report = SplitReport(source=str(recipe.distill.unlabelled_file), rows_read=len(data.unlabelled),
                              rows_used=len(data.unlabelled))
