@@ -139,7 +139,7 @@ def filter_rows(rows: list[dict], train_texts: list[str], eval_texts: list[str],
     survivors = []
     for row in rows:
         method = row["source"].split(":")[0]
-        c = counts.setdefault(method, Counter())
+        c = counts.setdefault(method, Counter(generated=0, kept=0))
         c["generated"] += 1
         key = normalise(row["text"])
         if not key:

@@ -120,7 +120,7 @@ def test_leakage_and_duplicates_are_dropped_and_counted():
             {"text": "New words, here.", "label": 1, "source": "edit:insert"}]  # the row before, normalised
     kept, counts = filter_rows(rows, ["dull and long"], ["a fine film ."], None, Recipe())
     assert [r["text"] for r in kept] == ["new words here"]
-    assert counts["edit"] == {"generated": 3, "dropped_eval_leak": 1, "dropped_duplicate": 2}
+    assert counts["edit"] == {"generated": 3, "kept": 0, "dropped_eval_leak": 1, "dropped_duplicate": 2}
     assert counts["paraphrase"] == {"generated": 1, "kept": 1}
 
 
