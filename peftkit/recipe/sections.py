@@ -280,7 +280,7 @@ class AugmentSection:
     seed: int = 42
     edit_fraction: float = 0.1
     """Share of a sentence's words each edit touches (at least one word)."""
-    paraphrase_model: str = "packaged:smollm2-135m"
+    paraphrase_model: str = "packaged:smollm2-135m-instruct"
     """An instruction-tuned causal LM (hub id, folder, packaged:<name>) or a peftkit sft run folder."""
     max_new_tokens: int = 48
     teacher: str | None = None
