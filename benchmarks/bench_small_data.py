@@ -7,6 +7,7 @@ evaluated once per run, after training).
 Arms
   plain       MiniLM (recipes/sst2/minilm_lora_cls.yaml or recipes/agnews/minilm_lora_cls.yaml) on N rows
   edit        the same N rows + `peftkit augment` edits (1 copy per row; dedup and eval-leak filter on)
+  dup         control for edit: the same N rows, each written twice (as many optimizer steps as edit, no new text)
   teacher     SmolLM2 generative LoRA (recipes/sst2/smollm2_lora_gen.yaml) on the same N rows (first seed only)
   distill     MiniLM distilled from that teacher (task: distillation, T=2, alpha=0.5, int8 export on)
   distill_unl the same + UNLABELLED other train rows, their labels dropped (--unlabelled)
@@ -42,7 +43,7 @@ DATASETS = {
     "agnews": {"train": SHARED_DATA / "agnews" / "train_subset10k.tsv", "eval": SHARED_DATA / "agnews" / "test.tsv",
                "recipe": "recipes/agnews/minilm_lora_cls.yaml", "teacher": None, "header": False},
 }
-ARMS = ("plain", "edit", "teacher", "distill", "distill_unl", "speed")
+ARMS = ("plain", "edit", "dup", "teacher", "distill", "distill_unl", "speed")
 
 
 def subset_files(work: Path, ds: dict, size: int, seed: int, unlabelled: int) -> tuple[Path, Path]:
@@ -104,6 +105,14 @@ def augmented(ds: dict, train_file: Path, seed: int, work: Path) -> tuple[Path, 
     return out, json.loads(Path(f"{out}.report.json").read_text())
 
 
+def doubled(train_file: Path, ds: dict) -> Path:
+    lines = train_file.read_text(encoding="utf-8").splitlines()
+    header, rows = (lines[:1], lines[1:]) if ds["header"] else ([], lines)
+    out = train_file.with_name(train_file.stem + ".dup.tsv")
+    out.write_text("\n".join(header + rows + rows) + "\n", encoding="utf-8")
+    return out
+
+
 def speed(work: Path, ds: dict, size: int, seed: int) -> dict:
     """Teacher vs float vs int8 student, texts/s on the dev texts, alternating, in this process (1 thread)."""
     import torch
@@ -155,6 +164,10 @@ def run_arms(args, ds: dict, work: Path) -> dict:
                 aug_file, report = augmented(ds, train_file, seed, work)
                 out["augment"].append({"size": size, "seed": seed, **report})
                 out["runs"].append(train(f"edit_n{size}_s{seed}", ds["recipe"], data_overrides(ds, aug_file, seed), work)
+                                   | {"size": size, "seed": seed})
+            if "dup" in args.arms:
+                out["runs"].append(train(f"dup_n{size}_s{seed}", ds["recipe"],
+                                         data_overrides(ds, doubled(train_file, ds), seed), work)
                                    | {"size": size, "seed": seed})
             if seed != args.seeds[0] or ds["teacher"] is None:
                 continue  # the SmolLM2 teacher and the distilled students: first seed only (CPU time)

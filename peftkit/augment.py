@@ -12,7 +12,6 @@ consistency filter). Counts per method go to the console and to FILE.report.json
 from __future__ import annotations
 
 import random
-import re
 import time
 import unicodedata
 from collections import Counter

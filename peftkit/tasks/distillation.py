@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.console import say
-from peftkit.data import ClassificationData, SplitReport, read_table, split_size, tokenize_split
+from peftkit.data import ClassificationData, SplitReport, read_table, tokenize_split
 from peftkit.distill_loss import IGNORE, with_distillation_loss
 from peftkit.errors import PeftkitError
 from peftkit.guards import guarded
@@ -136,14 +136,14 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     agree = teacher_agreement(probs, data.prepared["train"]["labels"])
     trainer.distill_facts = {"teacher": str(teacher_dir), "temperature": recipe.distill.temperature,
                              "alpha": recipe.distill.alpha, "soft_label_rows": len(probs),
-                             "unlabelled_rows": len(data.prepared["train_texts"]) - split_size_of(data),
+                             "unlabelled_rows": len(data.prepared["train_texts"]) - labelled_rows(data),
                              "teacher_agrees_with_train_labels": agree}
     say(f"distillation: T={recipe.distill.temperature:g}, alpha={recipe.distill.alpha:g}; the teacher agrees with "
         f"{agree:.1%} of the hard training labels")
     return set_guard_policy(trainer, recipe)
 
 
-def split_size_of(data: TaskData) -> int:
+def labelled_rows(data: TaskData) -> int:
     return sum(1 for label in data.prepared["train"]["labels"] if label != IGNORE)
 
 
