@@ -30,10 +30,14 @@ def merged_student(peft_model):
     return merged.float().eval()
 
 
-def quantize_int8(model):
+def quantize_int8(model, per_channel: bool = True):
+    """Dynamic int8 Linear layers. Per channel (a scale per output row) by default: on the SST-2 MiniLM student the
+    per-tensor scheme lost more accuracy (benchmarks/README.md, "Small labelled data")."""
     import torch
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
 
-    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 def save_float(model, tokenizer, folder: Path) -> None:
@@ -49,13 +53,20 @@ def save_int8(quantized, config, tokenizer, folder: Path) -> None:
 
     tensors: dict[str, Any] = {}
     packed = quantized_linears(quantized)
+    schemes = set()
     for name, module in packed.items():
         weight, bias = module._weight_bias()
-        if weight.qscheme() != torch.per_tensor_affine:
-            raise RuntimeError(f"{name}: unexpected quantization scheme {weight.qscheme()}")
         tensors[f"{name}.int8_weight"] = weight.int_repr().contiguous()
-        tensors[f"{name}.scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
-        tensors[f"{name}.zero_point"] = torch.tensor([weight.q_zero_point()])
+        if weight.qscheme() == torch.per_channel_affine and weight.q_per_channel_axis() == 0:
+            schemes.add("per_channel")
+            tensors[f"{name}.scale"] = weight.q_per_channel_scales().to(torch.float64).contiguous()
+            tensors[f"{name}.zero_point"] = weight.q_per_channel_zero_points().contiguous()
+        elif weight.qscheme() == torch.per_tensor_affine:
+            schemes.add("per_tensor")
+            tensors[f"{name}.scale"] = torch.tensor([weight.q_scale()], dtype=torch.float64)
+            tensors[f"{name}.zero_point"] = torch.tensor([weight.q_zero_point()])
+        else:
+            raise RuntimeError(f"{name}: unexpected quantization scheme {weight.qscheme()}")
         if bias is not None:
             tensors[f"{name}.bias"] = bias.detach().contiguous()
     for key, value in quantized.state_dict().items():
@@ -65,7 +76,10 @@ def save_int8(quantized, config, tokenizer, folder: Path) -> None:
     stage = staging_dir(folder)
     config.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
-    save_file(tensors, str(stage / INT8_WEIGHTS), metadata={"format": "peftkit-int8-dynamic"})
+    if len(schemes) > 1:
+        raise RuntimeError(f"mixed quantization schemes {sorted(schemes)}; save_int8 writes one per model")
+    save_file(tensors, str(stage / INT8_WEIGHTS),
+              metadata={"format": "peftkit-int8-dynamic", "scheme": schemes.pop() if schemes else "per_tensor"})
     replace_dir_atomic(stage, folder)
 
 
@@ -79,12 +93,15 @@ def quantized_linears(model) -> dict[str, Any]:
 def load_int8_student(folder: str | Path):
     """(tokenizer, int8 model) from a folder written by `save_int8`."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
     tensors = load_file(str(folder / INT8_WEIGHTS))
+    with safe_open(str(folder / INT8_WEIGHTS), framework="pt") as f:
+        per_channel = (f.metadata() or {}).get("scheme") == "per_channel"
     linear = {key.rsplit(".", 1)[0] for key in tensors if key.endswith(".int8_weight")}
     plain = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in linear}
     model = AutoModelForSequenceClassification.from_config(config).eval()
@@ -92,16 +109,20 @@ def load_int8_student(folder: str | Path):
     _, unexpected = model.load_state_dict(plain, strict=False)
     if unexpected:
         raise RuntimeError(f"{folder / INT8_WEIGHTS}: unexpected tensors {unexpected[:5]}")
-    model = quantize_int8(model)
+    model = quantize_int8(model, per_channel=per_channel)
     modules = quantized_linears(model)
     if set(modules) != linear:
         raise RuntimeError(f"{folder / INT8_WEIGHTS}: int8 layers {sorted(linear ^ set(modules))[:5]} do not match "
                            "the model built from config.json")
     for name, module in modules.items():
-        scale = float(tensors[f"{name}.scale"][0])
-        zero = int(tensors[f"{name}.zero_point"][0])
-        ints = tensors[f"{name}.int8_weight"]
-        weight = torch.quantize_per_tensor((ints.float() - zero) * scale, scale, zero, torch.qint8)
+        scale, zero = tensors[f"{name}.scale"], tensors[f"{name}.zero_point"]
+        ints = tensors[f"{name}.int8_weight"].float()
+        if per_channel:  # int values are exact in float32, so requantizing with the same scales restores them
+            values = ((ints - zero[:, None]) * scale[:, None]).float()
+            weight = torch.quantize_per_channel(values, scale, zero, 0, torch.qint8)
+        else:
+            values = ((ints - zero) * scale).float()
+            weight = torch.quantize_per_tensor(values, float(scale[0]), int(zero[0]), torch.qint8)
         module.set_weight_bias(weight, tensors.get(f"{name}.bias"))
     return AutoTokenizer.from_pretrained(folder), model.eval()
 
@@ -143,6 +164,7 @@ def export_student(peft_model, tokenizer, run_dir: Path, texts: Sequence[str], l
     report: dict[str, Any] = {
         "eval_examples": len(texts),
         "torch_threads": torch.get_num_threads(),
+        "int8_scheme": "torch dynamic quantization of nn.Linear, int8 weights per output channel",
         "load_average": list(os.getloadavg()),
         "note": "texts/s measured side by side in one process, best of 3 alternating rounds, batch 32; the CPU may "
                 "be shared (see load_average)",

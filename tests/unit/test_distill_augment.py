@@ -155,14 +155,16 @@ def test_int8_student_round_trips_through_safetensors(tmp_path, tiny_llama_dir, 
     tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=2).eval()
     model.config.pad_token_id = tokenizer.pad_token_id
-    quantized = quantize_int8(model)
-    save_int8(quantized, model.config, tokenizer, tmp_path / "int8")
-    assert not list((tmp_path / "int8").glob("*.bin")) and not list((tmp_path / "int8").glob("*.pt"))
-    _, reloaded = load_int8_student(tmp_path / "int8")
     batch = tokenizer(["a film", "another film here"], padding=True, return_tensors="pt")
-    with torch.inference_mode():
-        assert torch.equal(quantized(**batch).logits, reloaded(**batch).logits)
-        assert not torch.equal(model(**batch).logits, reloaded(**batch).logits)  # it really is quantized
+    for per_channel in (True, False):
+        quantized = quantize_int8(model, per_channel=per_channel)
+        folder = tmp_path / f"int8-{per_channel}"
+        save_int8(quantized, model.config, tokenizer, folder)
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+        _, reloaded = load_int8_student(folder)
+        with torch.inference_mode():
+            assert torch.equal(quantized(**batch).logits, reloaded(**batch).logits)
+            assert not torch.equal(model(**batch).logits, reloaded(**batch).logits)  # it really is quantized
 
 
 def test_neftune_noise_alpha_reaches_sft_config(tmp_path):
