@@ -73,9 +73,15 @@ def peftkit(*args: str, log: Path) -> float:
     return time.time() - started
 
 
+REPORT_ONLY = False
+"""--report-only: tabulate the finished runs, train nothing (arms without a finished run are left out)."""
+
+
 def train(name: str, recipe: str, overrides: list[str], work: Path) -> dict:
     run_dir = work / "runs" / name
     metrics = run_dir / "metrics.json"
+    if REPORT_ONLY and not (run_dir / "bench_timing.json").is_file():
+        return {}
     if not metrics.is_file():
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         load = os.getloadavg()[0]
@@ -237,12 +243,16 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=["plain", "edit"])
     parser.add_argument("--unlabelled", type=int, default=2000, help="unlabelled rows for distill_unl")
     parser.add_argument("--work", default=str(REPO / "runs" / "bench_small_data"))
+    parser.add_argument("--report-only", action="store_true", help="tabulate finished runs; train nothing")
     parser.add_argument("--name", default=None, help="results/small_data_NAME (default: the dataset)")
     args = parser.parse_args()
     started = time.time()
     env = environment(1)
     ds = DATASETS[args.dataset]
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     out = run_arms(args, ds, Path(args.work) / args.dataset)
+    out["runs"] = [r for r in out["runs"] if "arm" in r]
     payload = {"command": command_line(), "args": vars(args), "environment": env, **out}
     write_results(f"small_data_{args.name or args.dataset}", payload, markdown(args, out, env, started))
 
