@@ -2,7 +2,7 @@
 
   python benchmarks/bench_int8_schemes.py runs/bench_small_data/sst2/runs/distill_n500_s1
 """
-import json, os, sys, time, tempfile
+import json, os, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
