@@ -193,6 +193,19 @@ def run_arms(args, ds: dict, work: Path) -> dict:
     return out
 
 
+def paired(runs: list[dict]) -> list[str]:
+    by = {(r["size"], r["seed"], r["arm"].split("_n")[0]): r["accuracy"] for r in runs}
+    lines = []
+    for size in sorted({k[0] for k in by}):
+        for a, b in (("edit", "plain"), ("dup", "plain"), ("edit", "dup")):
+            diffs = [100 * (by[(size, s, a)] - by[(size, s, b)]) for s in sorted({k[1] for k in by})
+                     if (size, s, a) in by and (size, s, b) in by]
+            if diffs:
+                lines.append(f"- N={size}: {a} - {b}: " + ", ".join(f"{d:+.2f}" for d in diffs)
+                             + f" (mean {statistics.mean(diffs):+.2f})")
+    return lines
+
+
 def markdown(args, out: dict, env: dict, started: float) -> str:
     lines = [f"# Small labelled data: augmentation and distillation ({args.dataset})", "",
              f"Command: `{command_line()}`", "",
@@ -212,7 +225,9 @@ def markdown(args, out: dict, env: dict, started: float) -> str:
     for a in out["augment"]:
         c = a["per_method"].get("edit", {})
         lines.append(f"\nedit augment n{a['size']} s{a['seed']}: generated {c.get('generated')}, kept {c.get('kept')}, "
-                     f"dropped {({k: v for k, v in c.items() if k.startswith('dropped')})}")
+                     f"dropped {({k: v for k, v in c.items() if k.startswith('dropped')})}; original rows equal to "
+                     f"an eval sentence: {a.get('original_rows_equal_to_eval')}")
+    lines += ["", "Paired by seed (same rows), dev accuracy points:"] + paired(out["runs"])
     exports = [r for r in out["runs"] if r.get("export")]
     if exports:
         lines += ["", "| student | float32 acc | int8 acc | float32 MB | int8 MB | float32 texts/s | int8 texts/s |",
