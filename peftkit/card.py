@@ -23,7 +23,7 @@ from peftkit.tasks.cards import fmt as _fmt, is_number
 from peftkit.tasks.interface import TaskCard
 
 REQUIRED_RUN_FILES = ("recipe.yaml", "metrics.json", "train_summary.json")
-LABELLED_TASKS = ("classification", "generative_classification")
+LABELLED_TASKS = ("classification", "generative_classification", "distillation")
 
 # Keys that may hold credentials (e.g. TrainingArguments.hub_token): never uploaded, never shown on a card.
 SECRET_KEYS = frozenset({"hub_token", "token", "hf_token", "use_auth_token", "api_key"})

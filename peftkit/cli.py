@@ -145,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--report-only", action="store_true", help="write the table, plot and best recipe; no trials")
     sweep.set_defaults(func=cmd_sweep)
 
+    augment = sub.add_parser("augment", help="write an augmented copy of a recipe's training file (its augment: section)",
+                             description="Write the recipe's training rows plus new ones (augment.methods: edit, "
+                                         "paraphrase) beside data.train_file, with a source column; new rows equal "
+                                         "to a training row or an eval sentence are dropped, and with "
+                                         "augment.teacher so are rows the teacher doubts. Counts per method go to "
+                                         "FILE.report.json.")
+    add_recipe_arguments(augment, optional=False)
+    augment.add_argument("--out", metavar="FILE", help="the augmented file (default: TRAIN.augmented.EXT)")
+    augment.set_defaults(func=cmd_augment)
+
     evaluate = sub.add_parser("evaluate", help="evaluate a run's adapter: metrics.json, report, confusion matrix",
                               description="Evaluate the trained adapter in RUN_DIR on its eval split, or on --data.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
@@ -251,6 +261,13 @@ def cmd_sweep(args) -> int:
 
     return sweep_command(args.recipe, list(args.overrides), worker_index=args.worker_index,
                          report_only=args.report_only)
+
+
+def cmd_augment(args) -> int:
+    from peftkit.augment import augment_command
+
+    augment_command(args.recipe, list(args.overrides), args.out)
+    return 0
 
 
 def cmd_validate(args) -> int:

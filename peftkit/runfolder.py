@@ -114,7 +114,9 @@ def hold_run_lock(run_dir: Path) -> None:
 
 
 RUN_ARTIFACTS = (RECIPE_FILE, LABEL_MAP_FILE, ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, SUMMARY_FILE, DATA_REPORT_FILE,
-                 "metrics.json", "eval_report.txt", "confusion_matrix.png", "merged", "merge_report.json")
+                 "metrics.json", "eval_report.txt", "confusion_matrix.png", "merged", "merge_report.json",
+                 # task distillation: the teacher's cached soft labels and the exported students
+                 "teacher_soft_labels.safetensors", "student", "student-int8", "export_report.json")
 
 
 def remove_run_artifacts(run_dir: Path) -> None:

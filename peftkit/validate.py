@@ -16,6 +16,8 @@ def check_recipe_inputs(recipe: Recipe) -> str:
     else:
         data = load_classification_data(recipe.data, recipe.seed)
         data_report, labels = format_report(data), len(data.label_names)
+        if recipe.task == "distillation":
+            data_report += "\n" + check_distillation_inputs(recipe, data.label_names)
     # the model built from its config on the meta device: target modules, positions, weights vs config
     check_recipe_against_model(recipe, checkable_folder(recipe), labels)
     quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
@@ -27,6 +29,17 @@ def check_recipe_inputs(recipe: Recipe) -> str:
         data_report,
         f"output_dir: {recipe.output_dir}",
     ])
+
+
+def check_distillation_inputs(recipe: Recipe, label_names: list[str]) -> str:
+    """The teacher run folder (a classification run with these labels) and the unlabelled file's text column."""
+    from peftkit.tasks.distillation import read_unlabelled
+    from peftkit.teacher import open_teacher
+
+    teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, label_names, "distill.teacher")
+    unlabelled = read_unlabelled(recipe)
+    return (f"teacher: {teacher_dir} ({teacher_recipe.task}); unlabelled: {len(unlabelled)} rows"
+            + (f" from {recipe.distill.unlabelled_file}" if unlabelled else ""))
 
 
 def audit_causal_data(recipe: Recipe) -> str:

@@ -86,6 +86,7 @@ def validate(recipe: Recipe) -> None:
         fail("'evaluate.label_score' and 'evaluate.bf16' apply to task generative_classification (label scoring); "
              f"task {recipe.task} does not score labels: remove them")
     validate_selection(recipe, fail)
+    validate_distill_and_augment(recipe, fail)
     if recipe.task in CAUSAL_TASKS:
         validate_causal(recipe, fail)
     else:
@@ -253,3 +254,25 @@ def validate_selection(recipe: Recipe, fail: typing.Callable[[str], typing.NoRet
         fail("'sweep.n_trials' and 'sweep.workers' must be at least 1")
     if w.metric is not None and w.metric not in metrics:
         fail(f"'sweep.metric' must be one of {', '.join(metrics)} for task {recipe.task}, got {w.metric!r}")
+
+
+def validate_distill_and_augment(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """The distill: and augment: sections (values only; the teacher folder itself is checked by the task)."""
+    ds, au = recipe.distill, recipe.augment
+    if recipe.task == "distillation" and not ds.teacher:
+        fail("task distillation needs 'distill.teacher': the folder of a trained peftkit classification run")
+    if ds.temperature <= 0:
+        fail(f"'distill.temperature' must be positive, got {ds.temperature}")
+    if not 0 <= ds.alpha <= 1:
+        fail(f"'distill.alpha' must be between 0 (hard labels only) and 1 (teacher only), got {ds.alpha}")
+    if ds.teacher_batch_size <= 0 or (ds.max_unlabelled_samples is not None and ds.max_unlabelled_samples <= 0):
+        fail("'distill.teacher_batch_size' and 'distill.max_unlabelled_samples' must be positive")
+    unknown = [m for m in au.methods if m not in ("edit", "paraphrase")]
+    if unknown or not au.methods:
+        fail(f"'augment.methods' must list edit and/or paraphrase, got {au.methods}")
+    if au.copies < 1 or au.max_new_tokens < 1 or (au.max_rows is not None and au.max_rows < 1):
+        fail("'augment.copies', 'augment.max_new_tokens' and 'augment.max_rows' must be at least 1")
+    if not 0 < au.edit_fraction <= 0.5:
+        fail(f"'augment.edit_fraction' must be in (0, 0.5], got {au.edit_fraction}")
+    if not 0 <= au.min_confidence <= 1:
+        fail(f"'augment.min_confidence' must be between 0 and 1, got {au.min_confidence}")

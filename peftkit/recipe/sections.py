@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-TASKS = ("classification", "sft", "generative_classification")
+TASKS = ("classification", "sft", "generative_classification", "distillation")
 CAUSAL_TASKS = ("sft", "generative_classification")
 """Tasks trained as a causal LM with ``trl.SFTTrainer``; their ``train`` section is a ``trl.SFTConfig``."""
 SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
@@ -252,6 +252,53 @@ class SweepSection:
     retried once with the same parameters, by the next worker that starts (sqlite/RDB/journal storage)."""
 
 
+@dataclass
+class DistillSection:
+    """``task: distillation``: a classification-head student trained on a teacher run's soft labels.
+
+    Loss per row: alpha * KL(teacher/T || student/T) * T^2 + (1 - alpha) * cross-entropy on the hard label (the hard
+    part is skipped for unlabelled rows). The teacher's probabilities are computed once and cached in the run folder.
+    """
+
+    teacher: str = ""
+    """A peftkit classification run folder (task classification, generative_classification or distillation) with
+    the same label names as this recipe."""
+    temperature: float = 2.0
+    """Softens both distributions; the KL term is multiplied by T^2 so its gradients keep their scale."""
+    alpha: float = 0.5
+    """Weight of the soft-label (KL) term; 1 - alpha weighs the hard-label cross-entropy."""
+    unlabelled_file: str | None = None
+    """Extra training text without labels (a file with data.text_column only); the teacher labels it."""
+    max_unlabelled_samples: int | None = None
+    """Use a seeded random subset of this many unlabelled rows."""
+    teacher_batch_size: int = 32
+    int8: bool = True
+    """After training: save the merged student (RUN/student) and an int8 copy (RUN/student-int8, torch dynamic
+    quantization of its Linear layers), each measured for accuracy, size on disk and texts/s (export_report.json)."""
+
+
+@dataclass
+class AugmentSection:
+    """``peftkit augment RECIPE``: an augmented copy of data.train_file; ``peftkit train`` ignores this section."""
+
+    methods: list[str] = field(default_factory=lambda: ["edit"])
+    """edit (random deletion, swap and insertion of in-sentence words) and/or paraphrase (a causal LM rewrites)."""
+    copies: int = 1
+    """New rows generated per original row and method."""
+    seed: int = 42
+    edit_fraction: float = 0.1
+    """Share of a sentence's words each edit touches (at least one word)."""
+    paraphrase_model: str = "packaged:smollm2-135m-instruct"
+    """An instruction-tuned causal LM (hub id, folder, packaged:<name>) or a peftkit sft run folder."""
+    max_new_tokens: int = 48
+    teacher: str | None = None
+    """A peftkit classification run folder: keep a generated row only if it predicts the row's label with at least
+    min_confidence (the consistency filter). None: no filter."""
+    min_confidence: float = 0.7
+    max_rows: int | None = None
+    """Augment only the first N training rows (after data.max_train_samples); None: all."""
+
+
 # Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
@@ -314,6 +361,8 @@ class Recipe:
     selection: SelectionSection = field(default_factory=SelectionSection)
     imbalance: ImbalanceSection = field(default_factory=ImbalanceSection)
     sweep: SweepSection = field(default_factory=SweepSection)
+    distill: DistillSection = field(default_factory=DistillSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -339,6 +388,8 @@ SECTIONS = {
     "selection": SelectionSection,
     "imbalance": ImbalanceSection,
     "sweep": SweepSection,
+    "distill": DistillSection,
+    "augment": AugmentSection,
 }
 TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train")
 

@@ -44,6 +44,9 @@ COVERED = {
     "peftkit sweep": ("tests/unit/test_sweep.py", '"peftkit", "sweep"'),
     "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/test_sweep.py",
                                                               'load_recipe(out / "best_recipe.yaml")'),
+    # augment and distillation: tests/e2e/test_distill_cli.py runs both commands on tiny models
+    "peftkit augment": ("tests/e2e/test_distill_cli.py", 'main(["augment"'),
+    "peftkit train recipes/sst2/minilm_distill_smollm2.yaml": ("tests/e2e/test_distill_cli.py", 'task="distillation"'),
     # GPU serving engines: what can be checked here is that the folders hold what they load
     "vllm serve": ("tests/e2e/test_serve.py", "test_sft_adapter_folder_has_what_vllm_multi_lora_loads"),
     "peftkit merge runs/my-sft && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),

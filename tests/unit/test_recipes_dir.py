@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from peftkit.cli import DEFAULT_RECIPE
+from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
 from tests.conftest import REPO
 
@@ -30,5 +31,11 @@ def test_recipe_loads_validates_and_states_its_command(path: Path, monkeypatch):
         return
     from peftkit.validate import check_recipe_inputs
 
+    if recipe.task == "distillation" and not Path(recipe.distill.teacher).exists():
+        # a distillation recipe needs its teacher's run folder, which its header says how to train
+        assert "peftkit train " in "\n".join(lines[:6])
+        with pytest.raises(PeftkitError, match=r"distill.teacher: teacher run folder .* does not exist"):
+            check_recipe_inputs(recipe)
+        return
     summary = check_recipe_inputs(recipe)
     assert "recipe OK" in summary

@@ -1,0 +1,194 @@
+"""Distillation (loss, teacher checks, soft-label cache, int8 export) and `peftkit augment` (edits, dedup, leakage,
+consistency filter), on hand-made numbers and the tiny random run of conftest."""
+
+from __future__ import annotations
+
+import math
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from peftkit.errors import PeftkitError
+
+
+def test_distillation_loss_matches_a_hand_computation():
+    import torch
+
+    from peftkit.distill_loss import distillation_loss
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
+    labels = torch.tensor([0, -100])  # the second row is unlabelled: KL only
+    t, alpha = 2.0, 0.3
+
+    def softmax(xs):
+        e = [math.exp(x) for x in xs]
+        return [v / sum(e) for v in e]
+
+    kl = 0.0
+    for row_logits, row_teacher in zip(logits.tolist(), teacher.tolist()):
+        p_t = softmax([math.log(p) / t for p in row_teacher])  # the teacher softened by T
+        p_s = softmax([x / t for x in row_logits])
+        kl += sum(a * (math.log(a) - math.log(b)) for a, b in zip(p_t, p_s))
+    kl = kl / 2 * t * t
+    ce = -math.log(softmax([2.0, 0.0])[0])  # the labelled row only
+    expected = alpha * kl + (1 - alpha) * ce
+    assert distillation_loss(logits, labels, teacher, t, alpha).item() == pytest.approx(expected, rel=1e-5)
+    # no teacher probabilities (evaluation): plain cross-entropy on the labelled rows
+    assert distillation_loss(logits, labels, None, t, alpha).item() == pytest.approx(ce, rel=1e-5)
+
+
+def fake_teacher_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "teacher"
+    (folder / "adapter").mkdir(parents=True)
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"weights-1")
+    (folder / "recipe.yaml").write_text("task: classification\n")
+    (folder / "label_map.json").write_text("{}")
+    return folder
+
+
+def test_soft_labels_are_cached_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
+    import torch
+
+    from peftkit import teacher
+
+    calls = []
+
+    def fake_probabilities(run_dir, recipe, texts, batch_size=32):
+        calls.append(list(texts))
+        return torch.full((len(texts), 2), 0.5)
+
+    monkeypatch.setattr(teacher, "teacher_probabilities", fake_probabilities)
+    folder = fake_teacher_folder(tmp_path)
+    recipe = SimpleNamespace(task="classification")
+    cache = tmp_path / "run" / teacher.SOFT_LABELS_FILE
+    cache.parent.mkdir()
+    teacher.cached_soft_labels(cache, folder, recipe, ["a", "b"], 8)
+    teacher.cached_soft_labels(cache, folder, recipe, ["a", "b"], 8)  # a resume: reused
+    assert len(calls) == 1 and cache.is_file()
+    teacher.cached_soft_labels(cache, folder, recipe, ["a", "c"], 8)  # other texts: recomputed
+    assert len(calls) == 2
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"weights-2")  # a retrained teacher
+    teacher.cached_soft_labels(cache, folder, recipe, ["a", "c"], 8)
+    assert len(calls) == 3
+    cache.write_bytes(b"not safetensors")  # a damaged cache is recomputed, never trusted
+    assert teacher.cached_soft_labels(cache, folder, recipe, ["a", "c"], 8).shape == (2, 2)
+    assert len(calls) == 4
+    assert not list(cache.parent.glob(".*tmp*"))
+
+
+def test_teacher_checks_name_the_field(tiny_run, tmp_path):
+    from peftkit.teacher import open_teacher
+
+    _, run_dir = tiny_run
+    with pytest.raises(PeftkitError, match=r"distill.teacher: .*does not exist"):
+        open_teacher(tmp_path / "nowhere", ["negative", "positive"], "distill.teacher")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PeftkitError, match=r"distill.teacher: .*not a peftkit run folder"):
+        open_teacher(tmp_path / "empty", ["negative", "positive"], "distill.teacher")
+    with pytest.raises(PeftkitError, match=r"distill.teacher: the teacher's labels \['negative', 'positive'\] are "
+                                           r"not this recipe's labels \['positive', 'negative'\]"):
+        open_teacher(run_dir, ["positive", "negative"], "distill.teacher")
+    assert open_teacher(run_dir, ["negative", "positive"], "distill.teacher")[2] == ["negative", "positive"]
+
+
+def test_edits_are_seeded_and_use_only_the_sentences_words():
+    from peftkit.augment import edited_rows
+
+    texts = ["a gripping , funny and moving film", "dull and far too long", "great"]
+    labels = [1, 0, 1]
+    first = edited_rows(texts, labels, copies=3, seed=7, fraction=0.2)
+    assert first == edited_rows(texts, labels, copies=3, seed=7, fraction=0.2)
+    assert first != edited_rows(texts, labels, copies=3, seed=8, fraction=0.2)
+    assert [r["label"] for r in first] == [y for y in labels for _ in range(3)]
+    for row, text in zip(first, [t for t in texts for _ in range(3)]):
+        assert set(row["text"].split()) <= set(text.split())
+        assert row["source"] in ("edit:delete", "edit:swap", "edit:insert")
+    assert {r["source"] for r in edited_rows(texts * 20, labels * 20, 1, 0, 0.2)} == {
+        "edit:delete", "edit:swap", "edit:insert"}
+
+
+def test_leakage_and_duplicates_are_dropped_and_counted():
+    from peftkit.augment import filter_rows
+    from peftkit.recipe import Recipe
+
+    rows = [{"text": "A Fine Film!", "label": 1, "source": "edit:swap"},        # an eval sentence, other case
+            {"text": "dull  and long", "label": 0, "source": "edit:delete"},     # a training row, other spacing
+            {"text": "new words here", "label": 1, "source": "paraphrase:m"},
+            {"text": "New words, here.", "label": 1, "source": "edit:insert"}]  # the row before, normalised
+    kept, counts = filter_rows(rows, ["dull and long"], ["a fine film ."], None, Recipe())
+    assert [r["text"] for r in kept] == ["new words here"]
+    assert counts["edit"] == {"generated": 3, "kept": 0, "dropped_eval_leak": 1, "dropped_duplicate": 2}
+    assert counts["paraphrase"] == {"generated": 1, "kept": 1}
+
+
+def test_consistency_filter_keeps_what_the_teacher_is_sure_of(tiny_run, one_torch_thread):
+    from peftkit.augment import consistency_filter, filter_rows
+    from peftkit.recipe import Recipe
+    from peftkit.runfolder import load_run
+    from peftkit.teacher import teacher_probabilities
+
+    _, run_dir = tiny_run
+    run_dir, teacher_recipe = load_run(run_dir)
+    texts = ["a good film", "a bad film", "it is fine", "boring", "loved it", "hated it"]
+    rows = [{"text": t, "label": i % 2, "source": "edit:swap"} for i, t in enumerate(texts)]
+    probs = teacher_probabilities(run_dir, teacher_recipe, texts).tolist()
+    own = [p[r["label"]] for p, r in zip(probs, rows)]
+    recipe = Recipe()
+    recipe.augment.min_confidence = sorted(own)[3]
+    counts = {"edit": __import__("collections").Counter()}
+    kept = consistency_filter(rows, (run_dir, teacher_recipe, None), recipe, counts)
+    assert [r["text"] for r in kept] == [r["text"] for r, p in zip(rows, own) if p >= recipe.augment.min_confidence]
+    assert counts["edit"]["dropped_low_confidence"] == len(rows) - len(kept) > 0
+    assert filter_rows(rows, [], [], None, recipe)[0] == rows  # no teacher: no filter
+
+
+def test_int8_student_round_trips_through_safetensors(tmp_path, tiny_llama_dir, one_torch_thread):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftkit.student_export import load_int8_student, quantize_int8, save_int8
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_llama_dir, num_labels=2).eval()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    batch = tokenizer(["a film", "another film here"], padding=True, return_tensors="pt")
+    for per_channel in (True, False):
+        quantized = quantize_int8(model, per_channel=per_channel)
+        folder = tmp_path / f"int8-{per_channel}"
+        save_int8(quantized, model.config, tokenizer, folder)
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
+        _, reloaded = load_int8_student(folder)
+        with torch.inference_mode():
+            assert torch.equal(quantized(**batch).logits, reloaded(**batch).logits)
+            assert not torch.equal(model(**batch).logits, reloaded(**batch).logits)  # it really is quantized
+
+
+def test_neftune_noise_alpha_reaches_sft_config(tmp_path):
+    from peftkit.recipe import recipe_from_dict
+    from peftkit.tasks import causal
+
+    recipe = recipe_from_dict({"task": "sft", "output_dir": str(tmp_path / "r"),
+                               "model": {"name_or_path": "x"},
+                               "data": {"train_file": "t.jsonl", "format": "prompt_completion"},
+                               "train": {"neftune_noise_alpha": 5.0}}, where="test")
+    assert causal.training_arguments(recipe, tmp_path / "r").neftune_noise_alpha == 5.0
+
+
+def test_distillation_recipe_values_are_checked(tmp_path):
+    from peftkit.recipe import recipe_from_dict, validate
+
+    def load(raw, where):
+        validate(recipe_from_dict(raw, where=where))
+
+    base = {"task": "distillation", "model": {"name_or_path": "x"}, "data": {"train_file": "t.tsv"}}
+    with pytest.raises(PeftkitError, match="distill.teacher"):
+        load(base, where="r.yaml")
+    with pytest.raises(PeftkitError, match="distill.alpha"):
+        load(base | {"distill": {"teacher": "runs/t", "alpha": 1.5}}, where="r.yaml")
+    with pytest.raises(PeftkitError, match="augment.methods"):
+        load({**base, "task": "classification", "augment": {"methods": ["backtranslate"]}}, where="r.yaml")
+
