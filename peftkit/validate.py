@@ -6,6 +6,7 @@ from peftkit.data import format_report, load_classification_data
 from peftkit.model import resolve_model_source
 from peftkit.model_check import check_recipe_against_model, checkable_folder
 from peftkit.recipe import CAUSAL_TASKS, Recipe
+from peftkit.transfer import check_init_from
 
 
 def check_recipe_inputs(recipe: Recipe) -> str:
@@ -18,6 +19,7 @@ def check_recipe_inputs(recipe: Recipe) -> str:
         data_report, labels = format_report(data), len(data.label_names)
     # the model built from its config on the meta device: target modules, positions, weights vs config
     check_recipe_against_model(recipe, checkable_folder(recipe), labels)
+    check_init_from(recipe)
     quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
              else "8-bit" if recipe.quantization.load_in_8bit else "none")
     return "\n".join([

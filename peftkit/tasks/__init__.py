@@ -9,12 +9,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from peftkit.errors import PeftkitError
-from peftkit.tasks import causal, classification
+from peftkit.tasks import causal, classification, multitask
 
 REGISTRY: dict[str, ModuleType] = {
     "classification": classification,
     "sft": causal,
     "generative_classification": causal,
+    "multitask": multitask,
 }
 
 
