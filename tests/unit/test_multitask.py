@@ -97,3 +97,4 @@ def test_a_two_task_run_trains_one_adapter_and_evaluates_each_task(tmp_path, tin
     assert again["tasks"]["agnews"]["accuracy"] == metrics["tasks"]["agnews"]["accuracy"]
     with pytest.raises(PeftkitError, match="multitask run .* --data FILE"):
         evaluate_saved_run(run, str(files[0]["dev"]))
+
