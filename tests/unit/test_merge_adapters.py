@@ -50,7 +50,7 @@ def test_init_from_starts_from_the_trained_adapter(tmp_path, tiny_llama_dir, fil
     match = next(v for k, v in state.items() if k.replace(".default", "") == key)
     assert saved[key].abs().sum() > 0 and torch.equal(match, saved[key])
     assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
-    assert train_in_process(recipe, tmp_path / "r.yaml") == 0  # and a whole run trains from it
+    # a whole run trained from it: tests/e2e/test_multitask_cli.py (slow)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -75,7 +75,11 @@ def test_init_from_refuses_what_does_not_fit_before_loading(tmp_path, tiny_llama
         check_init_from(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
 
 
-@pytest.mark.parametrize("method", ["linear", "cat", "ties", "dare_linear", "dare_ties"])
+SLOW = pytest.mark.slow  # each method is a model load, a merge and two evaluations: two run by default
+
+
+@pytest.mark.parametrize("method", ["linear", "ties", pytest.param("cat", marks=SLOW),
+                                    pytest.param("dare_linear", marks=SLOW), pytest.param("dare_ties", marks=SLOW)])
 def test_merge_adapters_each_method_writes_an_evaluable_folder_and_a_report(tmp_path, two_runs, method):
     from peftkit.merge_adapters import merge_adapters
     from peftkit.run import evaluate_saved_run
