@@ -12,7 +12,12 @@ from peftkit.transfer import check_init_from
 def check_recipe_inputs(recipe: Recipe) -> str:
     """Raise PeftkitError on the first problem; return a short summary when all is well."""
     source = resolve_model_source(recipe.model)
-    if recipe.task in CAUSAL_TASKS:
+    if recipe.task == "multitask":  # each task audited as its own generative_classification recipe
+        from peftkit.tasks.multitask import sub_recipe
+
+        data_report, labels = "\n".join(f"task {t.name}: {audit_causal_data(sub_recipe(recipe, i))}"
+                                         for i, t in enumerate(recipe.tasks)), None
+    elif recipe.task in CAUSAL_TASKS:
         data_report, labels = audit_causal_data(recipe), None
     else:
         data = load_classification_data(recipe.data, recipe.seed)
