@@ -78,7 +78,8 @@ class AdapterSection:
     init_from: str | None = None
     """A peftkit run folder whose trained adapter starts this run instead of a fresh one (transfer). Its base
     model must be this recipe's, its adapter of the same kind (task) and shape (r, lora_alpha, target_modules,
-    use_dora, use_rslora): checked before anything loads. Loaded through PEFT from its safetensors."""
+    use_dora, use_rslora): checked before anything loads. Loaded through PEFT from its safetensors, with its own
+    LoraConfig (this section's lora_dropout and modules_to_save are not applied to it)."""
 
 
 @dataclass

@@ -75,10 +75,10 @@ def test_init_from_refuses_what_does_not_fit_before_loading(tmp_path, tiny_llama
         check_init_from(load_recipe(write_recipe(tmp_path / "r.yaml", recipe)))
 
 
-SLOW = pytest.mark.slow  # each method is a model load, a merge and two evaluations: two run by default
+SLOW = pytest.mark.slow  # each method is a model load, a merge and two evaluations: linear runs by default
 
 
-@pytest.mark.parametrize("method", ["linear", "ties", pytest.param("cat", marks=SLOW),
+@pytest.mark.parametrize("method", ["linear", pytest.param("ties", marks=SLOW), pytest.param("cat", marks=SLOW),
                                     pytest.param("dare_linear", marks=SLOW), pytest.param("dare_ties", marks=SLOW)])
 def test_merge_adapters_each_method_writes_an_evaluable_folder_and_a_report(tmp_path, two_runs, method):
     from peftkit.merge_adapters import merge_adapters
