@@ -21,7 +21,6 @@ benchmark continues); results to benchmarks/results/multitask.json and .md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -222,7 +221,7 @@ def write_results(a, results: dict) -> None:
             cells.append(f"{r['merged_accuracy']:.4f} / {r['merged_macro_f1']:.4f} ({r['accuracy_change']:+.4f} acc)")
         rows.append(f"| merged {method} ({report['merge']}) | {cells[0]} | {cells[1]} | {t.get('wall_s')} "
                     f"({t.get('load_after', 0):.1f}) |")
-    lines = [f"# Multi-task, merging and transfer: SmolLM2-135M-Instruct, generative LoRA", "",
+    lines = ["# Multi-task, merging and transfer: SmolLM2-135M-Instruct, generative LoRA", "",
              f"Command: `python benchmarks/bench_multitask.py --train-rows {a.train_rows} --eval-rows {a.eval_rows} "
              f"--transfer-rows {a.transfer_rows} --stages {a.stages} --methods {a.methods} --write`", "",
              f"{a.train_rows} training rows per task (seeded subset), 1 epoch, hyperparameters of "

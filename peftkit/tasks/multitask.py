@@ -94,8 +94,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     from trl import SFTTrainer
 
     if args.packing or args.padding_free:  # check on each task's own tokens that packed sequences stay apart
-        for i, sub in enumerate(recipe.tasks):
-            task = data.prepared["tasks"][sub.name]
+        for task in data.prepared["tasks"].values():
             check_packing_exact(model, tokenizer, task.prepared["encoder"], task.prepared["causal"], recipe)
     trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
