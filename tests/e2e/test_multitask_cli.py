@@ -1,7 +1,8 @@
 """Multi-task, transfer and merging through the real command line, on the tiny Llama: `peftkit train` of a
 two-task recipe in a subprocess, then (in-process through the same entry point, to spare interpreter starts) a
 transfer run with adapter.init_from, `peftkit merge-adapters`, `peftkit evaluate` of the merged folder, and the
-clear refusals of `generate` and `merge` on a multitask run."""
+`push --dry-run` of the multitask folder, and
+the clear refusals of `generate` and `merge` on a multitask run."""
 
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def test_multitask_train_transfer_merge_evaluate(tmp_path, tiny_llama_dir, sst2_
         assert set(report["tasks"]) == {"sst2", "agnews", "tr"} and report["merge"]["density"] == 0.7
         assert main(["evaluate", str(tmp_path / "merged")]) == 0
         assert (tmp_path / "merged" / "tasks" / "tr" / "metrics.json").is_file()
+        capsys.readouterr()
+        # push takes a multitask folder (no label_map.json: each task's labels are in recipe.yaml)
+        assert main(["push", str(tmp_path / "mt"), "--repo-id", "me/mt", "--dry-run", "--base-model-id", "me/tiny"]) == 0
+        card = (tmp_path / "mt" / "push_staging" / "README.md").read_text()
+        assert "| sst2 |" in card and "| agnews |" in card
         capsys.readouterr()
         for command in (["generate", str(tmp_path / "mt"), "a fine film"], ["merge", str(tmp_path / "merged")]):
             assert main(command) == 2
