@@ -36,10 +36,16 @@ def lora_config(section: AdapterSection, task_type: str, head_names: list[str] =
 
 
 def attach_adapter(model, section: AdapterSection, task_type: str):
-    """Wrap the model with a fresh adapter. The seed must already be set (adapter init is random)."""
+    """Wrap the model with a fresh adapter (the seed must already be set: adapter init is random), or with the
+    trained adapter of the run ``adapter.init_from`` names."""
     from peft import get_peft_model
 
     from peftkit.errors import PeftkitError
+
+    if section.init_from:
+        from peftkit.transfer import load_for_training
+
+        return load_for_training(model, section.init_from)
 
     heads = classification_head_names(model) if task_type == "SEQ_CLS" else []
     try:

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--max-accuracy-drop", metavar="X", type=float,
                        help="fail if accuracy drops more than this fraction (default merge.max_accuracy_drop, 0.005)")
     merge.set_defaults(func=cmd_merge)
+    add_merge_adapters_parser(sub)
 
     from peftkit.push import add_push_parser
 
@@ -293,6 +294,30 @@ def cmd_merge(args) -> int:
 
     merge_run(args.run_dir, args.out, dtype=args.dtype, base=args.base, verify_samples=args.verify_samples,
               max_accuracy_drop=args.max_accuracy_drop)
+    return 0
+
+
+def add_merge_adapters_parser(sub) -> None:
+    p = sub.add_parser("merge-adapters", help="combine several runs' adapters into one, evaluated on every task",
+                       description="Load the adapters of RUN_DIRs (generative_classification or multitask runs on one "
+                                   "base) and combine them with PEFT's add_weighted_adapter into OUT, a run folder "
+                                   "`peftkit evaluate` can use; evaluate it on every source task and write "
+                                   "OUT/merge_report.json and .md (merged vs each source adapter, per task).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--method", required=True, choices=("linear", "cat", "ties", "dare_linear", "dare_ties"),
+                   help="linear: PEFT's rough sum of A and B (same rank); cat: exact sum of the updates (rank adds up); "
+                        "ties, dare_linear, dare_ties: task-vector merging with pruning to --density")
+    p.add_argument("--weights", type=float, nargs="+", metavar="W", help="one weight per run (default: 1 each)")
+    p.add_argument("--density", type=float, help="ties/dare: share of each update kept (default 0.5)")
+    p.add_argument("--seed", type=int, default=42, help="seed of dare's random pruning (default 42)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the new run folder (must not exist or be empty)")
+    p.set_defaults(func=cmd_merge_adapters)
+
+
+def cmd_merge_adapters(args) -> int:
+    from peftkit.merge_adapters import merge_adapters
+
+    merge_adapters(args.run_dirs, args.out, args.method, args.weights, args.density, args.seed)
     return 0
 
 

@@ -23,11 +23,12 @@ def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 128, raw: b
     """What `peftkit generate` prints (see the module docstring)."""
     from peftkit.model import load_trained_causal_lm
     from peftkit.recipe import CAUSAL_TASKS
-    from peftkit.runfolder import load_run
+    from peftkit.runfolder import load_run, refuse_multitask
 
     if max_new_tokens <= 0:
         raise PeftkitError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     run_dir, recipe = load_run(run_dir)
+    refuse_multitask(run_dir, recipe, "generate")
     if recipe.task not in CAUSAL_TASKS:
         raise PeftkitError(f"{run_dir} is a task: {recipe.task} run (a classification head, no text to generate); "
                            f"generate needs a run of task {' or '.join(CAUSAL_TASKS)}. Score files with "

@@ -25,7 +25,7 @@ from peftkit.io import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.merge_check import (REPORT_FILE, Sample, build_report, check_quality, compare, encode, format_drift,
                                  format_report, predict_logits, scores, verification_sample)
 from peftkit.recipe import MergeSection, QuantizationSection, Recipe
-from peftkit.runfolder import ADAPTER_DIR, LABEL_MAP_FILE, label_names_of, load_run
+from peftkit.runfolder import ADAPTER_DIR, LABEL_MAP_FILE, label_names_of, load_run, refuse_multitask
 
 MERGED_DIR = "merged"
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
@@ -54,6 +54,7 @@ def merge_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, 
                               max_accuracy_drop=max_accuracy_drop)
     bases = candidate_bases(settings.base, recipe.quantization)
     out_dir = check_out_dir(Path(out) if out else run_dir / MERGED_DIR, run_dir)
+    refuse_multitask(run_dir, recipe, "merge")
     labels = label_names_of(run_dir)
     # ---- verification sample: eval rows, read before any model is loaded ---------------------
     sample = verification_sample(recipe, labels, settings.verify_samples)

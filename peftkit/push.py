@@ -177,7 +177,8 @@ def _fill_staging(staging: Path, run_dir: Path, source_dir: Path, *, merged: boo
             _link_or_copy(src, staging / src.name)
     if not merged:
         _rewrite_base_model(staging / "adapter_config.json", base_id)
-    _link_or_copy(run_dir / "label_map.json", staging / "label_map.json")
+    if (run_dir / "label_map.json").is_file():  # sft and multitask runs have none (multitask: labels in recipe.yaml)
+        _link_or_copy(run_dir / "label_map.json", staging / "label_map.json")
     _link_or_copy(run_dir / "metrics.json", staging / "metrics.json")
     _stage_recipe(run_dir / "recipe.yaml", staging / "recipe.yaml")
     card = build_model_card(run_dir, merged=merged, repo_id=repo_id, base_model_id=base_id)

@@ -24,6 +24,7 @@ from peftkit.selection import describe as describe_selection
 from peftkit.selection import selection_callbacks, selection_report, validation_rows
 from peftkit.summary import losses_before, summary
 from peftkit.tasks import task_for
+from peftkit.transfer import check_init_from
 from peftkit.training import skipped_batches, train_until_done_or_signalled, warn_if_almost_nothing
 
 
@@ -44,6 +45,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
     raw = task.read_data(recipe)
     source = local_path(recipe.model)
     check_recipe_against_model(recipe, source, len(raw.label_names) if raw.label_names else None)
+    check_init_from(recipe, raw.label_names)
     run_dir = open_run_dir(recipe, resume)
     # ---- tokenizer, and the data as training will see it (a task may still stop: nothing lost) -
     tokenizer = load_tokenizer(recipe.model, source)

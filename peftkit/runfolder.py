@@ -180,6 +180,15 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
     return run_dir, recipe
 
 
+def refuse_multitask(run_dir: Path, recipe: Recipe, command: str) -> None:
+    """`merge`, `generate` and `serve` take one task's run; a multitask run folder is refused with what works."""
+    if recipe.task == "multitask":
+        names = ", ".join(t.name for t in recipe.tasks)
+        raise PeftkitError(f"{run_dir} is a multitask run ({names}); peftkit {command} does not support multitask "
+                           f"runs yet. `peftkit evaluate {run_dir}` scores every task, `peftkit push` uploads the "
+                           "adapter; for one task, train it alone (task: generative_classification)")
+
+
 DAMAGED_RUN_ADVICE = ("; the run folder is damaged: restore the file from a backup, or train the run again "
                       "(`peftkit train RECIPE --resume` continues from its last complete checkpoint)")
 

@@ -6,12 +6,18 @@ from peftkit.data import format_report, load_classification_data
 from peftkit.model import resolve_model_source
 from peftkit.model_check import check_recipe_against_model, checkable_folder
 from peftkit.recipe import CAUSAL_TASKS, Recipe
+from peftkit.transfer import check_init_from
 
 
 def check_recipe_inputs(recipe: Recipe) -> str:
     """Raise PeftkitError on the first problem; return a short summary when all is well."""
     source = resolve_model_source(recipe.model)
-    if recipe.task in CAUSAL_TASKS:
+    if recipe.task == "multitask":  # each task audited as its own generative_classification recipe
+        from peftkit.tasks.multitask import sub_recipe
+
+        data_report, labels = "\n".join(f"task {t.name}: {audit_causal_data(sub_recipe(recipe, i))}"
+                                         for i, t in enumerate(recipe.tasks)), None
+    elif recipe.task in CAUSAL_TASKS:
         data_report, labels = audit_causal_data(recipe), None
     else:
         data = load_classification_data(recipe.data, recipe.seed)
@@ -20,6 +26,7 @@ def check_recipe_inputs(recipe: Recipe) -> str:
             data_report += "\n" + check_distillation_inputs(recipe, data.label_names)
     # the model built from its config on the meta device: target modules, positions, weights vs config
     check_recipe_against_model(recipe, checkable_folder(recipe), labels)
+    check_init_from(recipe)
     quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
              else "8-bit" if recipe.quantization.load_in_8bit else "none")
     return "\n".join([

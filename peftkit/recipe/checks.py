@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import re
@@ -54,6 +55,13 @@ def validate(recipe: Recipe) -> None:
     if a.use_dora and q.load_in_8bit:
         # PEFT's DoRA needs the dequantized base weight norm each step; on 8-bit it is slow and unsupported for merge.
         fail("'adapter.use_dora' with 'quantization.load_in_8bit' is not supported; use load_in_4bit (QDoRA) or no quantization")
+
+    if recipe.task == "multitask":  # every task's data is checked as a generative_classification recipe
+        return validate_multitask(recipe)
+    if recipe.tasks:
+        fail("'tasks' lists the tasks of a multitask recipe; set 'task: multitask' or remove 'tasks'")
+    if a.init_from is not None and not str(a.init_from).strip():
+        fail("'adapter.init_from' is empty; give a peftkit run folder (the output_dir of a train run) or null")
 
     if d.dataset is None and d.train_file is None:
         fail("'data' needs 'train_file' (a local csv/tsv/jsonl/parquet file) or 'dataset' (a hub dataset id)")
@@ -115,6 +123,38 @@ def validate(recipe: Recipe) -> None:
             fail(f"'train.{key}' must be a positive integer, got {t[key]}")
     if t.get("bf16") and t.get("fp16"):
         fail("'train.bf16' and 'train.fp16' are both true; choose one")
+
+
+def validate_multitask(recipe: Recipe) -> None:
+    """Task multitask: two or more named tasks, each a valid generative_classification recipe on this base, whose
+    examples fit the packed row length (the top-level data.max_length)."""
+    where = recipe.source or "<recipe>"
+
+    def fail(message: str) -> typing.NoReturn:
+        raise PeftkitError(f"{where}: {message}")
+
+    names = [t.name for t in recipe.tasks]
+    if len(names) < 2:
+        fail(f"task multitask needs 'tasks' with two or more tasks (each a name and a data section), got {len(names)}"
+             "; for one task use task: generative_classification")
+    if len(set(names)) != len(names):
+        fail(f"'tasks' names must differ (each names a folder of the run), got {names}")
+    if recipe.multitask.temperature <= 0:
+        fail(f"'multitask.temperature' must be positive (1 = proportional), got {recipe.multitask.temperature}")
+    if recipe.selection.validation_fraction > 0:
+        fail("'selection.validation_fraction' is not supported by task multitask yet (which task's validation split "
+             "would choose the checkpoint?); set it to 0 and choose settings with single-task runs")
+    if len({t.data.use_chat_template for t in recipe.tasks}) > 1:
+        fail("'data.use_chat_template' differs between tasks; the tasks share one training set, so set it the same "
+             "for every task")
+    if recipe.train.get("eval_strategy", "no") != "no":
+        fail("'train.eval_strategy' must be no for task multitask: every task is evaluated after training")
+    for i, sub in enumerate(recipe.tasks):
+        if sub.data.max_length > recipe.data.max_length:
+            fail(f"'tasks[{i}].data.max_length' {sub.data.max_length} is longer than the top-level data.max_length "
+                 f"{recipe.data.max_length}, the length of a training row shared by every task; raise the top-level one")
+        validate(dataclasses.replace(recipe, task="generative_classification", data=sub.data, tasks=[],
+                                     source=f"{where}: tasks[{i}] ({sub.name})"))
 
 
 def validate_causal(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:

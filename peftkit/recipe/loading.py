@@ -15,8 +15,9 @@ import yaml
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe.checks import validate
-from peftkit.recipe.sections import (CAUSAL_TASKS, EXACT_PACKING_ATTENTION, SECTIONS, SFT_TRAIN_DEFAULTS,
-                                     SFT_TRAIN_RESERVED, TOP_LEVEL, TRAIN_DEFAULTS, TRAIN_RESERVED, Recipe)
+from peftkit.recipe.sections import (EXACT_PACKING_ATTENTION, SECTIONS, SFT_CONFIG_TASKS, SFT_TRAIN_DEFAULTS,
+                                     SFT_TRAIN_RESERVED, TOP_LEVEL, TRAIN_DEFAULTS, TRAIN_RESERVED, DataSection, Recipe,
+                                     SubTask)
 
 
 
@@ -119,14 +120,37 @@ def recipe_from_dict(raw: dict[str, Any], where: str = "<recipe>") -> Recipe:
         if not isinstance(section, dict):
             raise PeftkitError(f"{where}: '{name}' must be a section (key: value lines), got {section!r}")
         kwargs[name] = build_section(cls, section, name, where)
+    kwargs["tasks"] = build_tasks(raw.get("tasks"), raw.get("data") or {}, where)
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise PeftkitError(f"{where}: 'train' must be a section of TrainingArguments keys, got {train!r}")
     kwargs["train"] = build_train(train, where, kwargs.get("task", "classification"))
-    if kwargs.get("task") in CAUSAL_TASKS and "packing" not in train:
+    if kwargs.get("task") in SFT_CONFIG_TASKS and "packing" not in train:
         kwargs["train"]["packing"] = kwargs["model"].attn_implementation in EXACT_PACKING_ATTENTION
     apply_selection_settings(kwargs["train"], train, kwargs["selection"], kwargs.get("task", "classification"))
     return Recipe(**kwargs)
+
+
+def build_tasks(raw: Any, shared_data: dict[str, Any], where: str) -> list[SubTask]:
+    """A multitask recipe's ``tasks`` list: each {name, data}, its data written over the top-level data section."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise PeftkitError(f"{where}: 'tasks' must be a list of tasks, each with 'name' and 'data' "
+                           "(e.g. - {{name: sst2, data: {{train_file: ...}}}})")
+    tasks = []
+    for i, item in enumerate(raw):
+        reject_unknown(item, ("name", "data"), where, f"tasks[{i}].")
+        name = item.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise PeftkitError(f"{where}: 'tasks[{i}].name' must be a short name of letters, digits, '-', '_' or "
+                               f"'.' (it names the task's folder in the run), got {name!r}")
+        data = item.get("data") or {}
+        if not isinstance(data, dict):
+            raise PeftkitError(f"{where}: 'tasks[{i}].data' must be a data section (key: value lines)")
+        tasks.append(SubTask(name=name, data=build_section(DataSection, {**shared_data, **data},
+                                                           f"tasks[{i}].data", where)))
+    return tasks
 
 
 def selection_metric(selection, task: str) -> str:
@@ -176,7 +200,7 @@ def build_section(cls: type, raw: dict[str, Any], name: str, where: str):
 def build_train(raw: dict[str, Any], where: str, task: str = "classification") -> dict[str, Any]:
     """Check train keys against the task's trainer config (TrainingArguments, or trl.SFTConfig for causal-LM
     tasks) and fill peftkit's defaults."""
-    causal = task in CAUSAL_TASKS
+    causal = task in SFT_CONFIG_TASKS
     reserved = {**TRAIN_RESERVED, **(SFT_TRAIN_RESERVED if causal else {})}
     fields = training_argument_fields(task)
     for key in raw:
@@ -209,7 +233,7 @@ def training_argument_fields(task: str = "classification") -> dict[str, Any]:
 
     transformers and trl are imported here, not at module import.
     """
-    if task in CAUSAL_TASKS:
+    if task in SFT_CONFIG_TASKS:
         from trl import SFTConfig as config_class
     else:
         from transformers import TrainingArguments as config_class

@@ -10,9 +10,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-TASKS = ("classification", "sft", "generative_classification", "distillation")
+TASKS = ("classification", "sft", "generative_classification", "distillation", "multitask")
 CAUSAL_TASKS = ("sft", "generative_classification")
 """Tasks trained as a causal LM with ``trl.SFTTrainer``; their ``train`` section is a ``trl.SFTConfig``."""
+SFT_CONFIG_TASKS = (*CAUSAL_TASKS, "multitask")
+"""Tasks whose ``train`` section is a ``trl.SFTConfig`` (multitask: several generative_classification tasks)."""
 SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
 # Attention implementations that keep packed (padding-free) sequences apart: every run re-checks it on its model.
 EXACT_PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -73,6 +75,11 @@ class AdapterSection:
     modules_to_save: list[str] | None = None
     """Extra fully-trained modules. The classification head is always added."""
     bias: Literal["none", "all", "lora_only"] = "none"
+    init_from: str | None = None
+    """A peftkit run folder whose trained adapter starts this run instead of a fresh one (transfer). Its base
+    model must be this recipe's, its adapter of the same kind (task) and shape (r, lora_alpha, target_modules,
+    use_dora, use_rslora): checked before anything loads. Loaded through PEFT from its safetensors, with its own
+    LoraConfig (this section's lora_dropout and modules_to_save are not applied to it)."""
 
 
 @dataclass
@@ -299,6 +306,30 @@ class AugmentSection:
     """Augment only the first N training rows (after data.max_train_samples); None: all."""
 
 
+@dataclass
+class MultitaskSection:
+    """Task multitask: how the ``tasks`` list is trained on one base model."""
+
+    mode: Literal["shared"] = "shared"
+    """shared: one adapter for every task, each asked with its own prompt template and label words (multi-task
+    instruction tuning)."""
+    mixing: Literal["proportional", "temperature"] = "proportional"
+    """proportional: every task's training rows once (large tasks dominate). temperature: task i is drawn with
+    probability n_i^(1/T) / sum_j n_j^(1/T), the same total number of examples, rows resampled with replacement
+    where a task needs more than it has (T=1 is proportional; large T approaches uniform)."""
+    temperature: float = 2.0
+    """T of the temperature rule."""
+
+
+@dataclass
+class SubTask:
+    """One task of a multitask recipe: its name (a folder name in the run) and its data section, written over
+    the recipe's top-level ``data`` (shared keys such as max_length go there once)."""
+
+    name: str = ""
+    data: DataSection = field(default_factory=DataSection)
+
+
 # Defaults for TrainingArguments that differ from transformers' own, chosen for LoRA fine-tuning.
 TRAIN_DEFAULTS: dict[str, Any] = {
     "learning_rate": 2e-4,
@@ -363,6 +394,9 @@ class Recipe:
     sweep: SweepSection = field(default_factory=SweepSection)
     distill: DistillSection = field(default_factory=DistillSection)
     augment: AugmentSection = field(default_factory=AugmentSection)
+    multitask: MultitaskSection = field(default_factory=MultitaskSection)
+    tasks: list[SubTask] = field(default_factory=list)
+    """Task multitask: two or more generative classification tasks on this base (see SubTask)."""
     source: str | None = None
     """The file the recipe came from (not a recipe key)."""
 
@@ -390,8 +424,9 @@ SECTIONS = {
     "sweep": SweepSection,
     "distill": DistillSection,
     "augment": AugmentSection,
+    "multitask": MultitaskSection,
 }
-TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train")
+TOP_LEVEL = ("task", "output_dir", "overwrite_output_dir", "keep_checkpoints", *SECTIONS, "train", "tasks")
 
 
 def checkpointing_enabled(train: dict[str, Any]) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 from peftkit.errors import PeftkitError
 from peftkit.model import load_causal_lm, load_classifier, load_tokenizer
 from peftkit.recipe import CAUSAL_TASKS
-from peftkit.runfolder import ADAPTER_DIR, LABEL_MAP_FILE, label_names_of, load_run
+from peftkit.runfolder import ADAPTER_DIR, LABEL_MAP_FILE, label_names_of, load_run, refuse_multitask
 from peftkit.sft_data import resolve_label_words
 from peftkit.sft_encode import apply_tokenizer_settings, encoder_for
 
@@ -97,6 +97,7 @@ def open_runs(run_args: list[str]) -> list[ServedRun]:
         if any(r.name == name for r in runs):
             raise PeftkitError(f"two runs are named {name!r}; name them apart with NAME=RUN_DIR")
         run_dir, recipe = load_run(path)
+        refuse_multitask(run_dir, recipe, "serve")
         run = ServedRun(name=name, run_dir=run_dir, recipe=recipe, adapter=f"run{i}")
         if run.classifies:
             if not (run_dir / LABEL_MAP_FILE).is_file():

@@ -9,13 +9,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from peftkit.errors import PeftkitError
-from peftkit.tasks import causal, classification, distillation
+from peftkit.tasks import causal, classification, distillation, multitask
 
 REGISTRY: dict[str, ModuleType] = {
     "classification": classification,
     "sft": causal,
     "generative_classification": causal,
     "distillation": distillation,
+    "multitask": multitask,
 }
 
 

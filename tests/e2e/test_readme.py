@@ -51,6 +51,12 @@ COVERED = {
     "vllm serve": ("tests/e2e/test_serve.py", "test_sft_adapter_folder_has_what_vllm_multi_lora_loads"),
     "peftkit merge runs/my-sft && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),
     "peftkit merge runs/sst2-smollm2-lora-cls && vllm serve": ("tests/e2e/test_serve.py", "vLLM"),
+    # multi-task, transfer and merging train real SmolLM2 runs: the same commands on the tiny Llama (slow-marked)
+    "peftkit train recipes/multitask/": ("tests/e2e/test_multitask_cli.py", '"train"'),
+    "peftkit train recipes/sst2/smollm2_lora_gen.yaml adapter.init_from=": ("tests/e2e/test_multitask_cli.py",
+                                                                           '["adapter"]["init_from"]'),
+    "peftkit merge-adapters": ("tests/e2e/test_multitask_cli.py", '"merge-adapters"'),
+    "python benchmarks/bench_multitask.py": ("benchmarks/README.md", "python benchmarks/bench_multitask.py"),
 }
 
 

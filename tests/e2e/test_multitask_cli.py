@@ -1,0 +1,50 @@
+"""Multi-task, transfer and merging through the real command line, on the tiny Llama: `peftkit train` of a
+two-task recipe in a subprocess, then (in-process through the same entry point, to spare interpreter starts) a
+transfer run with adapter.init_from, `peftkit merge-adapters`, `peftkit evaluate` of the merged folder, and the
+`push --dry-run` of the multitask folder, and
+the clear refusals of `generate` and `merge` on a multitask run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli, torch_threads, write_recipe
+from tests.multitask_fixtures import agnews_small, gen_recipe, multitask_recipe, sst2_data
+
+
+@pytest.mark.slow  # ~50 s of CPU: three runs, a merge and evaluations
+def test_multitask_train_transfer_merge_evaluate(tmp_path, tiny_llama_dir, sst2_small, capsys):
+    from peftkit.cli import main
+
+    agnews = agnews_small(tmp_path)
+    recipe = multitask_recipe(tiny_llama_dir, sst2_small, agnews, tmp_path / "mt", mixing="temperature")
+    recipe["data"]["max_eval_samples"] = 16
+    result = run_cli("train", str(write_recipe(tmp_path / "mt.yaml", recipe)), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "task mixing (temperature T=2)" in result.stdout + result.stderr
+    assert set(json.loads((tmp_path / "mt" / "metrics.json").read_text())["tasks"]) == {"sst2", "agnews"}
+
+    # transfer: a new sentiment wording trained from the multitask run's adapter
+    data = sst2_data(sst2_small) | {"label_names": ["bad", "good"], "prompt_template": "Movie: {text}\nVerdict:",
+                                    "max_eval_samples": 16}
+    transfer = gen_recipe(tiny_llama_dir, data, tmp_path / "tr")
+    transfer["adapter"]["init_from"] = str(tmp_path / "mt")
+    with torch_threads(1):
+        assert main(["train", str(write_recipe(tmp_path / "tr.yaml", transfer))]) == 0
+        assert main(["merge-adapters", str(tmp_path / "mt"), str(tmp_path / "tr"), "--method", "dare_ties",
+                     "--density", "0.7", "--out", str(tmp_path / "merged")]) == 0
+        report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+        assert set(report["tasks"]) == {"sst2", "agnews", "tr"} and report["merge"]["density"] == 0.7
+        assert main(["evaluate", str(tmp_path / "merged")]) == 0
+        assert (tmp_path / "merged" / "tasks" / "tr" / "metrics.json").is_file()
+        capsys.readouterr()
+        # push takes a multitask folder (no label_map.json: each task's labels are in recipe.yaml)
+        assert main(["push", str(tmp_path / "mt"), "--repo-id", "me/mt", "--dry-run", "--base-model-id", "me/tiny"]) == 0
+        card = (tmp_path / "mt" / "push_staging" / "README.md").read_text()
+        assert "| sst2 |" in card and "| agnews |" in card
+        capsys.readouterr()
+        for command in (["generate", str(tmp_path / "mt"), "a fine film"], ["merge", str(tmp_path / "merged")]):
+            assert main(command) == 2
+            assert "is a multitask run (sst2, agnews" in capsys.readouterr().err
