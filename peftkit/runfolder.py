@@ -9,6 +9,7 @@ from typing import Any
 
 
 from peftkit.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
+from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.io import write_json_atomic, write_yaml_atomic
 from peftkit.recipe import Recipe, recipe_from_dict, validate
@@ -35,12 +36,15 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise PeftkitError(f"output_dir {run_dir} is a file, not a folder; choose another output_dir")
     if existing.is_file() and not recipe.overwrite_output_dir:
-        previous = read_run_recipe(existing)
+        previous, added = with_current_defaults(read_run_recipe(existing))
         if comparable(previous) != comparable(recipe.to_dict()):
             changed = sorted(differences(comparable(previous), comparable(recipe.to_dict())))
             raise PeftkitError(
                 f"output_dir {run_dir} already holds a different run (changed: {', '.join(changed[:5])}). "
                 "Choose another output_dir, or set overwrite_output_dir: true to replace it")
+        if added:
+            say(f"{run_dir} was written by an earlier peftkit; settings its recipe did not have take today's "
+                f"defaults: {', '.join(added[:8])}{' ...' if len(added) > 8 else ''}")
     elif foreign_files(run_dir) and not existing.is_file() and not recipe.overwrite_output_dir:
         raise PeftkitError(f"output_dir {run_dir} exists and is not a peftkit run folder; choose another "
                            "output_dir or set overwrite_output_dir: true")
@@ -129,6 +133,30 @@ def remove_run_artifacts(run_dir: Path) -> None:
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+
+def with_current_defaults(previous: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A run folder's recipe as this peftkit resolves it, and the keys it did not have.
+
+    A run written before a section existed (selection, imbalance, distill, ...) lacks those keys; compared as
+    written, every such run looked different and `--resume` refused it after an upgrade. Keys the old recipe HAS
+    are compared as they are; a recipe this version cannot read any more is compared as written.
+    """
+    try:
+        resolved = recipe_from_dict(previous, "the run folder's recipe.yaml").to_dict()
+    except PeftkitError:
+        return previous, []
+    added = sorted(key for key in differences(comparable(previous), comparable(resolved))
+                   if not has_key(previous, key))
+    return resolved, added
+
+
+def has_key(tree: dict[str, Any], dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def comparable(recipe_dict: dict[str, Any]) -> dict[str, Any]:
