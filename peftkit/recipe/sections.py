@@ -73,6 +73,10 @@ class AdapterSection:
     modules_to_save: list[str] | None = None
     """Extra fully-trained modules. The classification head is always added."""
     bias: Literal["none", "all", "lora_only"] = "none"
+    trainable_dtype: Literal["float32", "model"] = "float32"
+    """float32: every trained weight (LoRA and the classification head) is kept in fp32, with its optimizer state,
+    also when model.dtype stores the frozen base in 16 bits. model: trained weights other than LoRA's (which PEFT
+    always upcasts) keep the base's dtype."""
 
 
 @dataclass
