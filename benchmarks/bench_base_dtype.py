@@ -58,12 +58,17 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=400, help="SST-2 dev rows scored after training")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of: " + ", ".join(ARMS))
+    p.add_argument("--stride", type=int, default=None,
+                   help="train every k-th batch of the epoch only (speed and memory; no accuracy)")
+    p.add_argument("--reference", default="fp32-base", help="the arm ratios are taken against")
     p.add_argument("--name", default="bf16_base_threads", help="results/levers_<name>.json/.md")
     a = p.parse_args()
     started = time.time()
     recipe = MODELS[a.model]
     names = [n for n in a.arms.split(",") if n]
-    arms = [cls_arm(n, "peftkit_cls", recipe, examples=a.examples, stride=None, evaluate=True,
+    if a.reference not in names:
+        p.error(f"--reference {a.reference} is not among --arms")
+    arms = [cls_arm(n, "peftkit_cls", recipe, examples=a.examples, stride=a.stride, evaluate=not a.stride,
                     overrides=ARMS[n][0], eval_examples=a.eval_examples) for n in names]
     threads = {n: ARMS[n][1] for n in names}
     env = environment(1)
@@ -74,7 +79,7 @@ def main() -> None:
 def report(a, names: list[str], threads: dict[str, int], results: dict[str, list[dict]], peaks: dict, env: dict,
            started: float) -> None:
     """The tables from the rounds finished so far; the peaks are measured again at each write."""
-    recipe, reference = MODELS[a.model], names[0]
+    recipe, reference = MODELS[a.model], a.reference
     for t in peaks:
         peaks[t].append(matmul_peak(t))
     rounds = min(len(r) for r in results.values())
@@ -93,8 +98,11 @@ def report(a, names: list[str], threads: dict[str, int], results: dict[str, list
                      "mfu": median_mfu(res, best_peak(*peaks[threads[n]]))})
     md = [f"# Levers: bf16 frozen base, and 2 torch threads ({a.model}, SST-2, peftkit train path)", "",
           f"Command: `{command_line()}`", "",
-          f"Each arm trains one full epoch of the same {a.examples}-example SST-2 subset (recipe `{recipe}`, same "
-          f"seed) in a fresh process and is scored on the same {rows[0]['eval_examples']} dev rows. Ratios are "
+          (f"Each arm trains every {a.stride}th batch of the same {a.examples}-example SST-2 epoch" if a.stride else
+           f"Each arm trains one full epoch of the same {a.examples}-example SST-2 subset")
+          + f" (recipe `{recipe}`, same seed) in a fresh process"
+          + (", no evaluation. " if a.stride else f" and is scored on the same {rows[0]['eval_examples']} dev rows. ")
+          + "Ratios are "
           f"against `{reference}` in the same round ({rounds} of {a.repeats} round(s) finished, rotating order). Times are under load "
           "(load averages per run below): the machine is shared, so the 2-thread figure is a lower bound.", "",
           f"| arm | what | threads | useful tok/s vs {reference} | peak RSS MB (vs {reference}) | dev accuracy | "
