@@ -49,13 +49,57 @@ def attach_adapter(model, section: AdapterSection, task_type: str):
 
     heads = classification_head_names(model) if task_type == "SEQ_CLS" else []
     try:
-        return get_peft_model(model, lora_config(section, task_type, heads))
+        peft_model = get_peft_model(model, lora_config(section, task_type, heads))
     except ValueError as e:  # peft's NoMatchingPeftModuleError and "Target modules ... not found" are ValueErrors
         if "target" not in str(e).lower():
             raise
         raise PeftkitError(f"'adapter.target_modules' {section.target_modules!r} match no module of the model "
                            f"({type(model).__name__}); name its linear layers (q_proj, v_proj, ...) or use "
                            "all-linear") from None
+    if section.trainable_dtype == "float32":
+        keep_trained_float32(peft_model)
+    return peft_model
+
+
+def keep_trained_float32(model) -> list[str]:
+    """Upcast every trained 16-bit weight (e.g. the head in ``modules_to_save``) to fp32; returns the modules changed.
+
+    With a frozen base stored in bf16, PEFT upcasts LoRA weights to fp32 (``autocast_adapter_dtype``) but copies
+    the head in the base's dtype: it would train in bf16, where small updates round away, with bf16 optimizer state.
+    Each upcast module gets hooks that cast its floating inputs to fp32 and its output back to its old dtype, so the
+    layers around it see the dtype they had (without autocast a bf16 activation meets an fp32 weight).
+    """
+    import torch
+
+    changed = []
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False)
+               if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+        if not own:
+            continue
+        module._peftkit_base_dtype = own[0].dtype
+        module.float()
+        module.register_forward_pre_hook(_inputs_to_float32, with_kwargs=True)
+        module.register_forward_hook(_output_to_base_dtype)
+        changed.append(name)
+    return changed
+
+
+def _inputs_to_float32(module, args, kwargs):
+    import torch
+
+    def cast(a):
+        return a.float() if torch.is_tensor(a) and a.is_floating_point() else a
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
+
+
+def _output_to_base_dtype(module, args, output):
+    import torch
+
+    if torch.is_tensor(output) and output.is_floating_point():
+        return output.to(module._peftkit_base_dtype)
+    return output
 
 
 def parameter_counts(model) -> tuple[int, int]:

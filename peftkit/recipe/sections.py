@@ -80,6 +80,10 @@ class AdapterSection:
     model must be this recipe's, its adapter of the same kind (task) and shape (r, lora_alpha, target_modules,
     use_dora, use_rslora): checked before anything loads. Loaded through PEFT from its safetensors, with its own
     LoraConfig (this section's lora_dropout and modules_to_save are not applied to it)."""
+    trainable_dtype: Literal["float32", "model"] = "float32"
+    """float32: every trained weight (LoRA and the classification head) is kept in fp32, with its optimizer state,
+    also when model.dtype stores the frozen base in 16 bits. model: trained weights other than LoRA's (which PEFT
+    always upcasts) keep the base's dtype."""
 
 
 @dataclass
