@@ -38,27 +38,31 @@ def lora_config(section: AdapterSection, task_type: str, head_names: list[str] =
 def attach_adapter(model, section: AdapterSection, task_type: str):
     """Wrap the model with a fresh adapter (the seed must already be set: adapter init is random), or with the
     trained adapter of the run ``adapter.init_from`` names."""
+    if section.init_from:
+        from peftkit.transfer import load_for_training
+
+        peft_model = load_for_training(model, section.init_from)
+    else:
+        peft_model = fresh_adapter(model, section, task_type)
+    if section.trainable_dtype == "float32":
+        keep_trained_float32(peft_model)
+    return peft_model
+
+
+def fresh_adapter(model, section: AdapterSection, task_type: str):
     from peft import get_peft_model
 
     from peftkit.errors import PeftkitError
 
-    if section.init_from:
-        from peftkit.transfer import load_for_training
-
-        return load_for_training(model, section.init_from)
-
     heads = classification_head_names(model) if task_type == "SEQ_CLS" else []
     try:
-        peft_model = get_peft_model(model, lora_config(section, task_type, heads))
+        return get_peft_model(model, lora_config(section, task_type, heads))
     except ValueError as e:  # peft's NoMatchingPeftModuleError and "Target modules ... not found" are ValueErrors
         if "target" not in str(e).lower():
             raise
         raise PeftkitError(f"'adapter.target_modules' {section.target_modules!r} match no module of the model "
                            f"({type(model).__name__}); name its linear layers (q_proj, v_proj, ...) or use "
                            "all-linear") from None
-    if section.trainable_dtype == "float32":
-        keep_trained_float32(peft_model)
-    return peft_model
 
 
 def keep_trained_float32(model) -> list[str]:
