@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from peftkit.cli import main
 from tests.conftest import SST2, run_cli, tiny_recipe, write_recipe
 
@@ -90,3 +92,31 @@ def test_augment_writes_edits_beside_the_training_file(tiny_run, tiny_llama_dir,
     filtered = json.loads((tmp_path / "filtered.tsv.report.json").read_text())["per_method"]["edit"]
     assert filtered["dropped_low_confidence"] > 0
     assert filtered["kept"] + filtered["dropped_low_confidence"] == report["per_method"]["edit"]["kept"]
+
+
+@pytest.mark.slow
+def test_real_models_shipped_recipes_teacher_student_and_augment(tmp_path):
+    """A real small run end to end with the shipped recipes and packaged models: a MiniLM head teacher on 64 SST-2
+    rows, the shipped distillation recipe's student (with unlabelled text) distilled from it and exported as float32
+    and int8, and `peftkit augment` on the shipped recipe. Small enough to run in about a minute of CPU."""
+    small = ["data.max_train_samples=64", "data.max_eval_samples=64", "train.num_train_epochs=1",
+             "train.per_device_train_batch_size=16", "train.report_to=[]"]
+    teacher = tmp_path / "teacher"
+    result = run_cli("train", "recipes/sst2/minilm_lora_cls.yaml", f"output_dir={teacher}", *small,
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    student = tmp_path / "student"
+    result = run_cli("train", "recipes/sst2/minilm_distill_smollm2.yaml", f"output_dir={student}",
+                     f"distill.teacher={teacher}", "distill.max_unlabelled_samples=32", *small,
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "teacher soft labels: scoring 96 texts" in result.stdout + result.stderr   # 64 labelled + 32 unlabelled
+    report = json.loads((student / "export_report.json").read_text())
+    assert report["eval_examples"] == 64 and 0 <= report["int8"]["accuracy"] <= 1
+    assert report["int8"]["size_bytes"] < report["float32"]["size_bytes"]
+    out = tmp_path / "augmented.tsv"
+    result = run_cli("augment", "recipes/sst2/minilm_lora_cls.yaml", "data.max_train_samples=32", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = out.read_text(encoding="utf-8").splitlines()
+    assert rows[0].split("\t")[-1] == "source" and sum(r.endswith("\toriginal") for r in rows) == 32
+    assert any("\tedit:" in r for r in rows)
