@@ -48,3 +48,34 @@ def test_multitask_train_transfer_merge_evaluate(tmp_path, tiny_llama_dir, sst2_
         for command in (["generate", str(tmp_path / "mt"), "a fine film"], ["merge", str(tmp_path / "merged")]):
             assert main(command) == 2
             assert "is a multitask run (sst2, agnews" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a few CPU-minutes: SmolLM2-135M three times
+def test_real_model_shipped_multitask_recipe_transfer_and_merge(tmp_path):
+    """One real small run end to end: the shipped multitask recipe on SmolLM2-135M-Instruct (16 rows per task),
+    the shipped SST-2 generative recipe started from its adapter (adapter.init_from), and merge-adapters of the
+    two, evaluated on every task."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "recipes/multitask/smollm2_sst2_agnews.yaml").read_text(encoding="utf-8"))
+    raw["output_dir"] = str(tmp_path / "mt")
+    raw["data"]["max_train_samples"] = 16
+    for task in raw["tasks"]:
+        task["data"].update(max_train_samples=16, max_eval_samples=16)
+    result = run_cli("train", str(write_recipe(tmp_path / "mt.yaml", raw)), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tasks = json.loads((tmp_path / "mt" / "metrics.json").read_text())["tasks"]
+    assert set(tasks) == {"sst2", "agnews"} and all(0 <= t["accuracy"] <= 1 for t in tasks.values())
+
+    result = run_cli("train", "recipes/sst2/smollm2_lora_gen.yaml", f"output_dir={tmp_path / 'tr'}",
+                     f"adapter.init_from={tmp_path / 'mt'}", "data.max_train_samples=16",
+                     "data.max_eval_samples=16", "train.report_to=[]", env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    result = run_cli("merge-adapters", str(tmp_path / "mt"), str(tmp_path / "tr"), "--method", "ties",
+                     "--out", str(tmp_path / "merged"), env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "merged" / "merge_report.json").read_text())
+    assert {"sst2", "agnews"} <= set(report["tasks"])
