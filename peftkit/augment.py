@@ -76,7 +76,7 @@ def augment_command(recipe_path: str, overrides: list[str], out: str | None) -> 
     train = data.splits["train"]
     limit = recipe.augment.max_rows or len(train["text"])
     texts, labels = train["text"][:limit], train["label"][:limit]
-    if recipe.selection.validation_fraction > 0:
+    if recipe.selection.enabled and recipe.selection.validation_from == "training_rows":
         warn("selection.validation_fraction carves validation rows from the training file: train on the augmented "
              "file with it and the validation split may hold edited copies of training rows (optimistic selection)")
     generated, timing = generate_rows(recipe, texts, [data.label_names[y] for y in labels], labels)

@@ -52,6 +52,8 @@ class ClassificationData:
     label_names: list[str]
     splits: dict[str, dict[str, list]]  # split -> {"text": [...], "label": [...]}
     reports: dict[str, SplitReport]
+    unused_train: dict[str, list] | None = None
+    """Training-file rows outside data.max_train_samples' sample (selection.validation_from: unused_rows)."""
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -239,9 +241,10 @@ def load_classification_data(data: DataSection, seed: int, eval_file: str | None
         reports["eval"] = SplitReport(source=f"{reports['train'].source} (held out {data.eval_fraction:.0%})",
                                       rows_read=len(splits["eval"]["text"]), rows_used=len(splits["eval"]["text"]))
         reports["train"].rows_used = len(splits["train"]["text"])
-    subsample(splits, reports, "train", data.max_train_samples, seed)
+    unused_train = subsample(splits, reports, "train", data.max_train_samples, seed)
     subsample(splits, reports, "eval", data.max_eval_samples, seed)
-    return ClassificationData(label_names=list(label_names), splits=splits, reports=reports)
+    return ClassificationData(label_names=list(label_names), splits=splits, reports=reports,
+                              unused_train=unused_train)
 
 
 def evaluation_file(data: DataSection, data_file: str | None) -> str | None:
@@ -366,16 +369,19 @@ def hold_out(split: dict[str, list], fraction: float, seed: int):
     return pick(sorted(order[n_eval:])), pick(sorted(order[:n_eval]))
 
 
-def subsample(splits, reports, name: str, limit: int | None, seed: int) -> None:
-    """A seeded random subset, so `max_train_samples` gives a representative, reproducible sample."""
+def subsample(splits, reports, name: str, limit: int | None, seed: int) -> dict[str, list] | None:
+    """A seeded random subset, so `max_train_samples` gives a representative, reproducible sample. Returns the
+    rows left out (file order), or None when nothing was."""
     import random
 
     split = splits.get(name)
     if limit is None or split is None or split_size(split) <= limit:
-        return
-    chosen = sorted(random.Random(seed).sample(range(split_size(split)), limit))
-    splits[name] = {k: [v[i] for i in chosen] for k, v in split.items()}
+        return None
+    chosen = set(random.Random(seed).sample(range(split_size(split)), limit))
+    splits[name] = {k: [v[i] for i in sorted(chosen)] for k, v in split.items()}
     reports[name].rows_used = limit
+    left = [i for i in range(split_size(split)) if i not in chosen]
+    return {k: [v[i] for i in left] for k, v in split.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe
 from peftkit.recipe.loading import selection_metric
 
@@ -21,44 +22,77 @@ VALIDATION = "validation"
 
 
 def enabled(recipe: Recipe) -> bool:
-    return recipe.selection.validation_fraction > 0
+    return recipe.selection.enabled
 
 
-def carve_validation(splits: dict[str, dict[str, list]], reports: dict, fraction: float, seed: int,
-                     report_class: type) -> None:
-    """Move a seeded share of ``splits["train"]`` into ``splits["validation"]`` (in place), stratified by the
-    "label" column when there is one: each class gives round(fraction x its rows), at least one row and never all
-    of them. Rows keep their file order in both parts."""
-    if fraction <= 0:
+def carve_validation(splits: dict[str, dict[str, list]], reports: dict, selection, seed: int, report_class: type,
+                     unused: dict[str, list] | None = None) -> None:
+    """Put the validation split in ``splits["validation"]`` (in place), seeded and stratified by the "label"
+    column when there is one. From the training rows (``selection.validation_from: training_rows``, training
+    keeps the rest) or from ``unused``, the training file's rows outside data.max_train_samples' sample
+    (``unused_rows``: training keeps every sampled row). Rows keep their file order in both parts."""
+    if not selection.enabled:
         return
     train = splits["train"]
-    n = len(next(iter(train.values())))
-    rng = random.Random(seed)
-    labels = train.get("label")
-    chosen: list[int] = []
-    if labels is not None:
-        by_class: dict[Any, list[int]] = defaultdict(list)
-        for i, label in enumerate(labels):
-            by_class[label].append(i)
-        for label in sorted(by_class):
-            rows = by_class[label][:]
-            rng.shuffle(rows)
-            take = min(max(1, round(len(rows) * fraction)), len(rows) - 1)
-            chosen += rows[:take]
-        how = "stratified by label"
+    n_train = len(next(iter(train.values())))
+    from_unused = selection.validation_from == "unused_rows"
+    pool = unused if from_unused else train
+    if from_unused and not pool:
+        raise PeftkitError(f"selection.validation_from: unused_rows: {reports['train'].source} has no rows outside "
+                           f"the {n_train:,}-row training sample (data.max_train_samples); lower "
+                           "data.max_train_samples or use selection.validation_from: training_rows")
+    n_pool = len(next(iter(pool.values())))
+    wanted = selection.validation_rows or round(selection.validation_fraction * n_train)
+    if from_unused and wanted > n_pool:
+        raise PeftkitError(f"selection asks for {wanted:,} validation rows but only {n_pool:,} training-file rows lie "
+                           "outside the training sample: lower selection.validation_rows (or the fraction) or "
+                           "data.max_train_samples")
+    if not from_unused and wanted >= n_pool:
+        raise PeftkitError(f"selection.validation_rows {wanted:,} would leave no training rows (the training split "
+                           f"has {n_pool:,}): lower it")
+    fraction = selection.validation_fraction if selection.validation_rows is None and not from_unused \
+        else wanted / n_pool
+    chosen, how = pick_rows(pool, fraction, wanted if from_unused else None, random.Random(seed))
+    held = set(chosen)
+    pick = lambda rows, idx: {k: [v[i] for i in idx] for k, v in rows.items()}  # noqa: E731
+    splits[VALIDATION] = pick(pool, sorted(held))
+    if from_unused:
+        where = f"{len(held):,} rows outside the {n_train:,}-row training sample"
     else:
+        splits["train"] = pick(train, [i for i in range(n_train) if i not in held])
+        reports["train"].rows_used = n_train - len(held)
+        where = (f"{selection.validation_fraction:.0%} of the training rows" if selection.validation_rows is None
+                 else f"{len(held):,} of the training rows")
+    reports[VALIDATION] = report_class(
+        source=f"{reports['train'].source} (validation: {where}, {how}, seed {seed})",
+        rows_read=len(held), rows_used=len(held))
+
+
+def pick_rows(rows: dict[str, list], fraction: float, exact: int | None, rng: random.Random) -> tuple[list[int], str]:
+    """Indices of a seeded share of ``rows``: each class gives round(fraction x its rows), at least one and never
+    all of them (``exact``: then trimmed or topped up at random to exactly that many)."""
+    n = len(next(iter(rows.values())))
+    labels = rows.get("label")
+    if labels is None:
         order = list(range(n))
         rng.shuffle(order)
-        chosen = order[:min(max(1, int(n * fraction)), n - 1)]
-        how = "random rows"
-    held = set(chosen)
-    pick = lambda idx: {k: [v[i] for i in idx] for k, v in train.items()}  # noqa: E731
-    splits[VALIDATION] = pick(sorted(held))
-    splits["train"] = pick([i for i in range(n) if i not in held])
-    reports[VALIDATION] = report_class(
-        source=f"{reports['train'].source} (validation: {fraction:.0%} of the training rows, {how}, seed {seed})",
-        rows_read=len(held), rows_used=len(held))
-    reports["train"].rows_used = n - len(held)
+        return order[:min(max(1, int(n * fraction)) if exact is None else exact, n - (exact is None))], "random rows"
+    chosen: list[int] = []
+    by_class: dict[Any, list[int]] = defaultdict(list)
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
+    for label in sorted(by_class):
+        members = by_class[label][:]
+        rng.shuffle(members)
+        take = min(max(1, round(len(members) * fraction)), len(members) - (exact is None))
+        chosen += members[:take]
+    if exact is not None and len(chosen) != exact:
+        taken = set(chosen)
+        rest = [i for i in range(n) if i not in taken]
+        rng.shuffle(chosen)
+        rng.shuffle(rest)
+        chosen = chosen[:exact] + rest[:max(0, exact - len(chosen))]
+    return chosen, "stratified by label"
 
 
 def head_compute_metrics(label_names: list[str]):
@@ -127,8 +161,7 @@ def selection_report(recipe: Recipe, trainer, validation_rows: int, eval_source:
     return {
         "split": VALIDATION,
         "rows": validation_rows,
-        "how": f"{recipe.selection.validation_fraction:.0%} of the training rows, stratified by label, "
-               f"seed {recipe.seed}; never the eval file",
+        "how": f"{validation_origin(recipe.selection)}, stratified by label, seed {recipe.seed}; never the eval file",
         "metric": metric,
         "best_checkpoint": Path(best).name if best else None,
         f"best_validation_{metric}": state.best_metric,
@@ -139,6 +172,14 @@ def selection_report(recipe: Recipe, trainer, validation_rows: int, eval_source:
     }
 
 
+def validation_origin(selection) -> str:
+    if selection.validation_from == "unused_rows":
+        return "training-file rows outside the training sample (data.max_train_samples)"
+    if selection.validation_rows is not None:
+        return f"{selection.validation_rows} of the training rows"
+    return f"{selection.validation_fraction:.0%} of the training rows"
+
+
 def describe(report: dict[str, Any]) -> str:
     """One line for the console."""
     if report.get("split") is None:
@@ -146,7 +187,8 @@ def describe(report: dict[str, Any]) -> str:
     metric = report["metric"]
     best = report.get(f"best_validation_{metric}")
     stopped = ", stopped early" if report["early_stopped"] else ""
-    return (f"model selected on the validation split ({report['rows']} rows carved from train): "
+    origin = "outside the training sample" if "outside" in report.get("how", "") else "carved from train"
+    return (f"model selected on the validation split ({report['rows']} rows {origin}): "
             f"{report['best_checkpoint']} with validation {metric} "
             f"{best if best is None else round(best, 4)}{stopped}; evaluated once on the eval file "
             f"{report.get('eval_file') or ''}".rstrip())

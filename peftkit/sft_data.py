@@ -71,6 +71,8 @@ class CausalData:
     reports: dict[str, CausalSplitReport]
     label_names: list[str] | None = None
     label_words: list[str] | None = None
+    unused_train: dict[str, list] | None = None
+    """Training-file examples outside data.max_train_samples' sample (selection.validation_from: unused_rows)."""
 
     def examples(self, split: str) -> list[dict[str, Any]]:
         columns = self.splits[split]
@@ -104,9 +106,9 @@ def load_causal_data(data: DataSection, task: str, seed: int, eval_file: str | N
         reports["eval"] = CausalSplitReport(source=f"{reports['train'].source} (held out {data.eval_fraction:.0%})",
                                             rows_read=n_eval, rows_used=n_eval)
         reports["train"].rows_used -= n_eval
-    subsample(splits, reports, "train", data.max_train_samples, seed)
+    unused_train = subsample(splits, reports, "train", data.max_train_samples, seed)
     subsample(splits, reports, "eval", data.max_eval_samples, seed)
-    return CausalData(splits=splits, reports=reports)
+    return CausalData(splits=splits, reports=reports, unused_train=unused_train)
 
 
 def convert_rows(rows: list[dict], source: str, data: DataSection) -> tuple[dict[str, list], CausalSplitReport]:
@@ -243,8 +245,10 @@ def load_generative_classification(data: DataSection, seed: int, eval_file: str 
     for name, split in loaded.splits.items():
         splits[name] = {"text": list(split["text"]), "label": list(split["label"])}
         reports[name] = CausalSplitReport(**asdict(loaded.reports[name]))
-    return CausalData(splits=splits, reports=reports,
-                      label_names=loaded.label_names, label_words=label_words)
+    unused = loaded.unused_train
+    return CausalData(splits=splits, reports=reports, label_names=loaded.label_names, label_words=label_words,
+                      unused_train=None if unused is None else {"text": list(unused["text"]),
+                                                                "label": list(unused["label"])})
 
 
 def resolve_label_words(data: DataSection, label_names: list[str]) -> list[str]:

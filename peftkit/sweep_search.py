@@ -122,7 +122,7 @@ class Sweep:
             set_key(raw, key, value)
         selection = raw.setdefault("selection", {}) or {}
         raw["selection"] = selection
-        if not selection.get("validation_fraction"):
+        if not selection.get("validation_fraction") and not selection.get("validation_rows"):
             selection["validation_fraction"] = DEFAULT_VALIDATION_FRACTION
         selection.setdefault("metric", self.metric)
         train = raw.setdefault("train", {}) or {}

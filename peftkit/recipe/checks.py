@@ -141,8 +141,9 @@ def validate_multitask(recipe: Recipe) -> None:
         fail(f"'tasks' names must differ (each names a folder of the run), got {names}")
     if recipe.multitask.temperature <= 0:
         fail(f"'multitask.temperature' must be positive (1 = proportional), got {recipe.multitask.temperature}")
-    if recipe.selection.validation_fraction > 0:
-        fail("'selection.validation_fraction' is not supported by task multitask yet (which task's validation split "
+    if recipe.selection.enabled:
+        fail("'selection.validation_fraction' / 'validation_rows' is not supported by task multitask yet (which "
+             "task's validation split "
              "would choose the checkpoint?); set it to 0 and choose settings with single-task runs")
     if len({t.data.use_chat_template for t in recipe.tasks}) > 1:
         fail("'data.use_chat_template' differs between tasks; the tasks share one training set, so set it the same "
@@ -261,12 +262,30 @@ def check_train_values(t: dict, fail: typing.Callable[[str], typing.NoReturn]) -
                      + (f"; did you mean {hint[0]!r}?" if hint else f"; use one of {', '.join(known)}, or [] for none"))
 
 
+def validate_validation_size(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
+    """How large the validation split is and where its rows come from (the data files are checked at read time)."""
+    s = recipe.selection
+    if s.validation_rows is not None and s.validation_fraction > 0:
+        fail("set one of 'selection.validation_fraction' and 'selection.validation_rows', not both")
+    if s.validation_rows is not None and s.validation_rows < 2:
+        fail(f"'selection.validation_rows' must be at least 2 (or null: use validation_fraction), got "
+             f"{s.validation_rows}")
+    if s.validation_from == "unused_rows" and not s.enabled:
+        fail("'selection.validation_from: unused_rows' needs a validation size: set 'selection.validation_rows' "
+             "(e.g. 2000) or 'selection.validation_fraction'")
+    if s.validation_from == "unused_rows" and recipe.data.max_train_samples is None:
+        fail("'selection.validation_from: unused_rows' draws the validation rows from the training file's rows "
+             "outside data.max_train_samples' sample: set 'data.max_train_samples', or use "
+             "'selection.validation_from: training_rows'")
+
+
 def validate_selection(recipe: Recipe, fail: typing.Callable[[str], typing.NoReturn]) -> None:
     """selection, imbalance and sweep: the model is chosen on a validation split, never on the eval file."""
     s, t, i, w = recipe.selection, recipe.train, recipe.imbalance, recipe.sweep
     if not 0 <= s.validation_fraction <= 0.5:
         fail(f"'selection.validation_fraction' must be between 0 (no validation split) and 0.5, got "
              f"{s.validation_fraction}")
+    validate_validation_size(recipe, fail)
     metrics = ("loss",) if recipe.task == "sft" else ("accuracy", "macro_f1", "loss")
     if s.metric is not None and s.metric not in metrics:
         fail(f"'selection.metric' must be one of {', '.join(metrics)} for task {recipe.task}, got {s.metric!r}")
@@ -276,13 +295,13 @@ def validate_selection(recipe: Recipe, fail: typing.Callable[[str], typing.NoRet
              f"saved at each evaluation), got {s.evaluations}")
     if s.early_stopping_patience is not None and s.early_stopping_patience < 1:
         fail("'selection.early_stopping_patience' must be at least 1, or null for no early stopping")
-    if s.validation_fraction > 0 and t.get("eval_strategy") == "no":
+    if s.enabled and t.get("eval_strategy") == "no":
         fail("'selection.validation_fraction' evaluates on the validation split during training: remove "
              "'train.eval_strategy: no', or set 'selection.validation_fraction: 0' to train without selection")
-    if s.validation_fraction > 0 and t.get("save_strategy") == "no":
+    if s.enabled and t.get("save_strategy") == "no":
         fail("'selection.validation_fraction' keeps the best checkpoint, so it needs checkpoints: remove "
              "'train.save_strategy: no' (selection saves one at each evaluation)")
-    if s.validation_fraction <= 0 and t.get("load_best_model_at_end"):
+    if not s.enabled and t.get("load_best_model_at_end"):
         fail("'train.load_best_model_at_end' would choose a checkpoint on the eval file, which is then reported; "
              "set 'selection.validation_fraction' (e.g. 0.1) to choose on a validation split carved from train")
     if i.strategy in ("class_weights", "balanced_sampling") and recipe.task != "classification":

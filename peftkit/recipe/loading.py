@@ -159,9 +159,9 @@ def selection_metric(selection, task: str) -> str:
 
 
 def apply_selection_settings(values: dict[str, Any], raw_train: dict[str, Any], selection, task: str) -> None:
-    """With a validation split (selection.validation_fraction > 0): evaluate on it during training, checkpoint at
+    """With a validation split (selection.validation_fraction or _rows): evaluate on it during training, checkpoint at
     each evaluation, keep the best by the selection metric. Keys the recipe's train section sets win."""
-    if selection.validation_fraction <= 0:
+    if not selection.enabled:
         return
     metric = selection_metric(selection, task)
     every = 1.0 / max(selection.evaluations, 1)  # < 1 (checks want >= 2): a ratio of the training steps

@@ -200,6 +200,13 @@ class SelectionSection:
     validation_fraction: float = 0.0
     """Share of the training rows (after data.max_train_samples) held out for selection; 0: no validation split,
     no evaluation during training (the default, as before)."""
+    validation_rows: int | None = None
+    """An exact number of validation rows, instead of validation_fraction (set one of the two)."""
+    validation_from: Literal["training_rows", "unused_rows"] = "training_rows"
+    """training_rows: carved from the rows training would use (training keeps the rest). unused_rows: drawn from
+    the training file's rows that data.max_train_samples leaves out, so training keeps every sampled row and the
+    validation split can be far larger than a share of a small sample (needs data.max_train_samples); the size is
+    validation_rows, or validation_fraction x the training rows."""
     metric: str | None = None
     """What selects the best checkpoint (and a sweep's best trial): accuracy | macro_f1 | loss. None: macro_f1 for
     classification and generative_classification, loss for sft."""
@@ -211,6 +218,11 @@ class SelectionSection:
     kept and used)."""
     early_stopping_threshold: float = 0.0
     """The least change of the metric that counts as an improvement."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the run has a validation split (and so evaluates, checkpoints and selects on it)."""
+        return self.validation_fraction > 0 or bool(self.validation_rows)
 
 
 @dataclass

@@ -41,8 +41,8 @@ def read_data(recipe: Recipe) -> CausalData:
     """The examples, read and converted to TRL's formats, and the validation split carved from train when
     ``selection`` asks for one: every check of the files, no tokenizer needed."""
     causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
-    carve_validation(causal.splits, causal.reports, recipe.selection.validation_fraction, recipe.seed,
-                     CausalSplitReport)
+    carve_validation(causal.splits, causal.reports, recipe.selection, recipe.seed, CausalSplitReport,
+                     causal.unused_train)
     return causal
 
 

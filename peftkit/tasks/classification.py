@@ -36,7 +36,7 @@ def read_data(recipe: Recipe) -> ClassificationData:
     """Both splits read and cleaned, the label set resolved, and the validation split carved from train when
     ``selection`` asks for one: every check of the files, no tokenizer needed."""
     data = load_classification_data(recipe.data, recipe.seed)
-    carve_validation(data.splits, data.reports, recipe.selection.validation_fraction, recipe.seed, SplitReport)
+    carve_validation(data.splits, data.reports, recipe.selection, recipe.seed, SplitReport, data.unused_train)
     return data
 
 

@@ -12,9 +12,14 @@ import pytest
 from peftkit.data import SplitReport
 from peftkit.errors import PeftkitError
 from peftkit.recipe import recipe_from_dict, validate
+from peftkit.recipe.sections import SelectionSection
 from peftkit.selection import carve_validation
 from tests.conftest import tiny_recipe, write_recipe
 from tests.sft_fixtures import tiny_causal_dir  # noqa: F401  (fixture)
+
+
+def _sel(fraction: float = 0.0, **fields) -> SelectionSection:
+    return SelectionSection(validation_fraction=fraction, **fields)
 
 
 def _split(n_neg: int, n_pos: int):
@@ -25,24 +30,88 @@ def _split(n_neg: int, n_pos: int):
 
 def test_validation_split_is_stratified_seeded_and_disjoint():
     splits, reports = _split(90, 10)
-    carve_validation(splits, reports, 0.2, 42, SplitReport)
+    carve_validation(splits, reports, _sel(0.2), 42, SplitReport)
     val, train = splits["validation"], splits["train"]
     assert Counter(val["label"]) == {0: 18, 1: 2}  # every class in proportion, the rare one too
     assert set(val["text"]).isdisjoint(train["text"]) and len(val["text"]) + len(train["text"]) == 100
     assert reports["validation"].rows_used == 20 and reports["train"].rows_used == 80
     assert "stratified" in reports["validation"].source and "seed 42" in reports["validation"].source
     again, again_reports = _split(90, 10)
-    carve_validation(again, again_reports, 0.2, 42, SplitReport)
+    carve_validation(again, again_reports, _sel(0.2), 42, SplitReport)
     assert again["validation"] == val
     other, other_reports = _split(90, 10)
-    carve_validation(other, other_reports, 0.2, 7, SplitReport)
+    carve_validation(other, other_reports, _sel(0.2), 7, SplitReport)
     assert other["validation"]["text"] != val["text"]
 
 
 def test_a_rare_class_still_gets_a_validation_row_and_keeps_a_training_row():
     splits, reports = _split(98, 2)
-    carve_validation(splits, reports, 0.1, 0, SplitReport)
+    carve_validation(splits, reports, _sel(0.1), 0, SplitReport)
     assert Counter(splits["validation"]["label"])[1] == 1 and Counter(splits["train"]["label"])[1] == 1
+
+
+def _unused(n_neg: int, n_pos: int):
+    labels = [0] * n_neg + [1] * n_pos
+    return {"text": [f"unused {i}" for i in range(len(labels))], "label": labels}
+
+
+def test_validation_rows_from_unused_rows_leave_the_training_sample_whole():
+    splits, reports = _split(40, 40)
+    train_before = {k: list(v) for k, v in splits["train"].items()}
+    carve_validation(splits, reports, _sel(validation_rows=50, validation_from="unused_rows"), 3, SplitReport,
+                     _unused(300, 100))
+    val = splits["validation"]
+    assert splits["train"] == train_before and reports["train"].rows_used == 80  # training keeps every row
+    assert len(val["text"]) == 50 and all(t.startswith("unused") for t in val["text"])
+    assert Counter(val["label"]) == {0: 38, 1: 12} or Counter(val["label"]) == {0: 37, 1: 13}  # 3:1, stratified
+    assert "outside the 80-row training sample" in reports["validation"].source
+
+
+def test_validation_rows_from_training_rows_is_a_count_not_a_share():
+    splits, reports = _split(60, 40)
+    carve_validation(splits, reports, _sel(validation_rows=30), 0, SplitReport)
+    assert Counter(splits["validation"]["label"]) == {0: 18, 1: 12}
+    assert reports["train"].rows_used == 70 and "30 of the training rows" in reports["validation"].source
+
+
+def test_unused_rows_that_are_missing_or_too_few_are_clear_errors():
+    with pytest.raises(PeftkitError, match="no rows outside the 80-row training sample"):
+        splits, reports = _split(40, 40)
+        carve_validation(splits, reports, _sel(validation_rows=10, validation_from="unused_rows"), 0, SplitReport,
+                         None)
+    with pytest.raises(PeftkitError, match="asks for 500 validation rows but only 40"):
+        splits, reports = _split(40, 40)
+        carve_validation(splits, reports, _sel(validation_rows=500, validation_from="unused_rows"), 0,
+                         SplitReport, _unused(20, 20))
+
+
+@pytest.mark.parametrize("selection, message", [
+    ({"validation_rows": 100, "validation_fraction": 0.1}, "not both"),
+    ({"validation_rows": 1}, "at least 2"),
+    ({"validation_from": "unused_rows"}, "needs a validation size"),
+    ({"validation_rows": 100, "validation_from": "unused_rows"}, "set 'data.max_train_samples'"),
+])
+def test_validation_size_settings_are_checked_before_any_work(tmp_path, selection, message):
+    with pytest.raises(PeftkitError, match=message):
+        _recipe(tmp_path, selection=selection, train={"save_strategy": "steps"})
+
+
+def test_unused_rows_end_to_end_through_read_data(tmp_path):
+    from peftkit.tasks import classification
+
+    rows = "".join(f"review {i}\t{i % 2}\n" for i in range(20))
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\n" + rows, encoding="utf-8")
+    (tmp_path / "d.tsv").write_text("sentence\tlabel\nfine\t1\nbad\t0\n", encoding="utf-8")
+    raw = tiny_recipe(Path("model"), {"train": tmp_path / "t.tsv", "dev": tmp_path / "d.tsv"}, tmp_path / "run",
+                      selection={"validation_rows": 4, "validation_from": "unused_rows"},
+                      train={"save_strategy": "steps"})
+    raw["data"]["max_train_samples"] = 6
+    recipe = recipe_from_dict(raw)
+    validate(recipe)
+    data = classification.read_data(recipe)
+    train, val = data.splits["train"]["text"], data.splits["validation"]["text"]
+    assert len(train) == 6 and len(val) == 4 and set(train).isdisjoint(val)
+    assert recipe.train["load_best_model_at_end"] is True
 
 
 def _recipe(tmp_path, **sections):
