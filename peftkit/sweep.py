@@ -33,7 +33,8 @@ from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.io import write_text_atomic
 
-from peftkit.sweep_search import BEST_RECIPE, Sweep, decoded, done_trials, load_study, run_worker
+from peftkit.sweep_search import (BEST_RECIPE, Sweep, decoded, done_trials, enqueue_recipe_trial, load_study,
+                                  run_worker)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +53,7 @@ def sweep_command(path: str, overrides: list[str], worker_index: int | None = No
         f"{sweep.direction} validation {sweep.metric} (a split carved from the training rows; trials never "
         f"evaluate on the eval file); storage {sweep.storage_url}; {done_trials(study)} trials already done")
     if not report_only:
+        enqueue_recipe_trial(sweep, study)
         if sweep.spec.workers == 1:
             run_worker(sweep, 0)
         else:
@@ -99,6 +101,7 @@ def trial_rows(sweep: Sweep, study) -> list[dict[str, Any]]:
         rows.append({"trial": t.number, "state": t.state.name.lower(),
                      f"validation_{sweep.metric}": None if t.value is None else round(t.value, 4),
                      **{k: params.get(k) for k in sweep.spec.params},
+                     "recipe_as_written": bool(t.user_attrs.get("recipe_as_written")),
                      "seconds": t.user_attrs.get("seconds"), "pruned_at_step": t.user_attrs.get("pruned_at_step"),
                      "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of")), "run_dir": t.user_attrs.get("run_dir")})
     return rows
@@ -137,6 +140,7 @@ def write_outputs(sweep: Sweep, study) -> int:
                   f"# Chosen: {json.dumps(params)}\n")
         write_text_atomic(sweep.out / BEST_RECIPE, header + yaml.safe_dump(raw, sort_keys=False))
         lines += ["", f"Best: trial {best.number}, validation {sweep.metric} {best.value:.4f}, {json.dumps(params)}.",
+                  *against_recipe(sweep, complete, best),
                   f"Train it and evaluate once on the eval file: `peftkit train {sweep.out / BEST_RECIPE}`"]
         say(f"best: trial {best.number}, validation {sweep.metric} {best.value:.4f} {json.dumps(params)}\n"
             f"best recipe: {sweep.out / BEST_RECIPE} (train it with: peftkit train {sweep.out / BEST_RECIPE}; it "
@@ -149,6 +153,18 @@ def write_outputs(sweep: Sweep, study) -> int:
     plot(sweep, rows, importances, sweep.out / "sweep.png")
     say(f"trials: {sweep.out / 'trials.csv'}, {sweep.out / 'trials.md'}; plot: {sweep.out / 'sweep.png'}")
     return 0
+
+
+def against_recipe(sweep: Sweep, complete, best) -> list[str]:
+    """The best trial against trial 0, the recipe as written, on the same validation split."""
+    as_written = [t for t in complete if t.user_attrs.get("recipe_as_written")]
+    if not as_written:
+        return []
+    base = as_written[0]
+    if base.number == best.number:
+        return [f"The recipe as written (trial {base.number}) is the best trial: the search did not beat it."]
+    return [f"The recipe as written (trial {base.number}): validation {sweep.metric} {base.value:.4f}; the best trial "
+            f"is {best.value - base.value:+.4f} against it on the same validation split."]
 
 
 def param_importances(study, complete) -> dict[str, float]:

@@ -252,6 +252,49 @@ def objective(sweep: Sweep):
     return run_trial
 
 
+def recipe_values(sweep: Sweep) -> dict[str, Any]:
+    """The recipe's own value of each searched key, as Optuna params (keys whose value lies outside their space,
+    or that the recipe leaves to a library default, are left to the sampler, and said)."""
+    out, outside = {}, []
+    for key, space in sweep.spec.params.items():
+        value = recipe_value(sweep, key)
+        if value is None:
+            outside.append(f"{key} (not set in the recipe)")
+        elif isinstance(space, list):
+            scalar = all(v is None or isinstance(v, (bool, int, float, str)) for v in space)
+            if value in space:
+                out[key] = value if scalar else json.dumps(value, sort_keys=True)
+            else:
+                outside.append(f"{key}={value!r} (not among the choices)")
+        elif _number(space["low"], key, "low") <= value <= _number(space["high"], key, "high"):
+            out[key] = value
+        else:
+            outside.append(f"{key}={value!r} (outside the range)")
+    if outside:
+        say(f"sweep: the first trial uses the recipe's values; sampled instead: {', '.join(outside)}")
+    return out
+
+
+def recipe_value(sweep: Sweep, key: str) -> Any:
+    """A dotted key's value in the recipe as written, else in the validated recipe (section defaults)."""
+    node: Any = sweep.raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is not None:
+        return node
+    section, *rest = key.split(".")
+    node = getattr(sweep.recipe, section, None)
+    for part in rest:
+        node = node.get(part) if isinstance(node, dict) else getattr(node, part, None)
+    return node if isinstance(node, (bool, int, float, str)) else None
+
+
+def enqueue_recipe_trial(sweep: Sweep, study) -> None:
+    """A new study's trial 0 is the recipe as written (sweep.first_trial_is_recipe), queued before any worker."""
+    if sweep.spec.first_trial_is_recipe and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(recipe_values(sweep), user_attrs={"recipe_as_written": True})
+
+
 def run_worker(sweep: Sweep, worker_index: int = 0) -> None:
     """One worker: trials until the study has sweep.n_trials finished, pruned or failed trials."""
     import optuna

@@ -270,6 +270,9 @@ class SweepSection:
     """Evaluations of a trial before it may be pruned."""
     startup_trials: int = 5
     """Random trials before TPE sampling starts (and trials finished before pruning starts)."""
+    first_trial_is_recipe: bool = True
+    """Trial 0 runs the recipe's own value of every searched key (those inside their space), so the table shows
+    on the same validation split whether the search beat the recipe as written."""
     heartbeat_seconds: int = 60
     """A running trial whose worker has not been heard from for 2x this long (killed) is marked failed and
     retried once with the same parameters, by the next worker that starts (sqlite/RDB/journal storage)."""

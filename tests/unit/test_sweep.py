@@ -18,7 +18,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from peftkit.errors import PeftkitError  # noqa: E402
-from peftkit.sweep_search import Sweep, candidates, report_callback, suggest  # noqa: E402
+from peftkit.sweep_search import Sweep, candidates, recipe_values, report_callback, suggest  # noqa: E402
 from tests.conftest import REPO, tiny_recipe, write_recipe  # noqa: E402
 
 
@@ -58,6 +58,19 @@ def test_trials_without_a_validation_split_get_one(tmp_path, sst2_small):
     recipe = sweep.trial_recipe({"adapter.r": 2}, "trial-0")
     assert recipe.selection.validation_fraction == 0.1 and recipe.train["load_best_model_at_end"] is True
     assert recipe.train["save_strategy"] != "no"
+
+
+def test_the_first_trial_takes_the_recipes_own_values_inside_the_space(tmp_path, sst2_small, capsys):
+    raw = tiny_recipe(Path("m"), sst2_small, tmp_path / "s", train={"learning_rate": 5e-3},
+                      adapter={"lora_dropout": 0.3})
+    raw["sweep"] = {"params": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+                               "adapter.r": [2, 4, 8], "adapter.lora_dropout": {"low": 0.0, "high": 0.2},
+                               "train.label_smoothing_factor": [0.0, 0.1], "adapter.lora_alpha": [16, 32]}}
+    sweep = Sweep(str(write_recipe(tmp_path / "r.yaml", raw)))
+    assert recipe_values(sweep) == {"train.learning_rate": 5e-3, "adapter.r": 4}
+    said = capsys.readouterr().out
+    assert "adapter.lora_dropout=0.3 (outside the range)" in said and "train.label_smoothing_factor (not set" in said
+    assert "adapter.lora_alpha=8 (not among the choices)" in said
 
 
 def test_suggest_draws_ints_floats_and_structured_choices():
@@ -110,6 +123,9 @@ def test_two_worker_processes_share_one_storage_and_write_the_outputs(tmp_path, 
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) >= 4 and len(trials) <= 5  # 4 in total; a second worker may start one more at the end
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2, "both workers ran trials"
+    first = trials[0]  # the recipe as written (adapter.r 4; its learning rate is not set, so sampled)
+    assert first.user_attrs.get("recipe_as_written") and first.params["adapter.r"] == 4
+    assert "The recipe as written (trial 0)" in (out / "trials.md").read_text()
     for t in complete:
         assert (Path(t.user_attrs["run_dir"]) / "adapter" / "adapter_model.safetensors").is_file()
         assert not (Path(t.user_attrs["run_dir"]) / "metrics.json").exists(), "a trial never evaluates on the eval file"
