@@ -50,7 +50,7 @@ def sweep_command(path: str, overrides: list[str], worker_index: int | None = No
     sweep.out.mkdir(parents=True, exist_ok=True)
     study = load_study(sweep)  # creates the study once, before workers race to
     say(f"sweep {sweep.study_name}: {sweep.spec.n_trials} trials over {', '.join(sweep.spec.params)}; "
-        f"{sweep.direction} validation {sweep.metric} (a split carved from the training rows; trials never "
+        f"{sweep.direction} validation {sweep.metric} (validation split: {sweep.validation_origin}; trials never "
         f"evaluate on the eval file); storage {sweep.storage_url}; {done_trials(study)} trials already done")
     if not report_only:
         enqueue_recipe_trial(sweep, study)
@@ -122,7 +122,7 @@ def write_outputs(sweep: Sweep, study) -> int:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     lines = [f"# Sweep {sweep.study_name}", "",
              f"{len(rows)} trials ({len(complete)} complete); {sweep.direction} validation {sweep.metric}, measured on "
-             "a validation split carved from the training rows (seeded, stratified). No trial evaluated on the eval "
+             f"a validation split of {sweep.validation_origin} (seeded, stratified). No trial evaluated on the eval "
              "file.", "",
              "| " + " | ".join(c for c in columns if c != "run_dir") + " |",
              "|" + "---|" * (len(columns) - 1)]
@@ -135,7 +135,7 @@ def write_outputs(sweep: Sweep, study) -> int:
         header = (f"# peftkit train {sweep.out / BEST_RECIPE}\n"
                   f"# The best of {len(complete)} complete trials of sweep {sweep.study_name} ({sweep.path}): trial "
                   f"{best.number}, validation {sweep.metric} {best.value:.4f}\n"
-                  f"# (validation split carved from the training rows; the eval file was not used to choose).\n"
+                  f"# (validation split: {sweep.validation_origin}; the eval file was not used to choose).\n"
                   f"# Training this recipe evaluates it once on the eval file.\n"
                   f"# Chosen: {json.dumps(params)}\n")
         write_text_atomic(sweep.out / BEST_RECIPE, header + yaml.safe_dump(raw, sort_keys=False))

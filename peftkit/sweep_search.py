@@ -15,6 +15,7 @@ from peftkit.console import say
 from peftkit.errors import PeftkitError, RunStopped
 from peftkit.recipe import Recipe, read_yaml, recipe_from_dict, validate
 from peftkit.recipe.loading import apply_override, selection_metric, set_dotted
+from peftkit.selection import validation_origin
 
 TRIALS_DIR = "trials"
 BEST_RECIPE = "best_recipe.yaml"
@@ -114,6 +115,7 @@ class Sweep:
         for key, space in self.spec.params.items():  # every edge of every space must make a valid recipe
             for value in candidates(key, space):
                 self.trial_recipe({key: value}, "check")
+        self.validation_origin = validation_origin(self.trial_recipe({}, "check").selection)
 
     def trial_raw(self, params: dict[str, Any], name: str, *, final: bool = False) -> dict[str, Any]:
         raw = copy.deepcopy(self.raw)
