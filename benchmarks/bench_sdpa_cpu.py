@@ -46,7 +46,6 @@ def case_tensors(name: str):
 
 
 def fwd_bwd_seconds(name: str, backend, repeats: int) -> float:
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 

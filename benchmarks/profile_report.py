@@ -24,12 +24,19 @@ def category_table(runs: list[dict[str, Any]]) -> list[str]:
                 cell += f", {c['gflops']:.0f} GFLOP/s = {c['of_peak']:.0%} of peak"
             cells.append(cell)
         lines.append(f"| {SHORT.get(row['category'], row['category'])} | " + " | ".join(cells) + " |")
-    lines.append("| (of which the profiler's own cost, estimated) | " + " | ".join(
-        f"{r['profiler_overhead_s_est'] / r['window_wall_s']:.1%}" if r.get("profiler_overhead_s_est") is not None
-        else "n/a" for r in runs) + " |")
+    lines.append("| (the profiler's own cost, estimated; spread over the rows above) | " + " | ".join(map(overhead_cell, runs)) + " |")
     lines.append("| **total = window wall time** | " + " | ".join(
         f"100% ({r['window_wall_s'] / r['profiled_steps'] * 1000:.0f} ms/step)" for r in runs) + " |")
     return lines
+
+
+def overhead_cell(run: dict[str, Any]) -> str:
+    """Window time minus the unprofiled time per token times the window's tokens; negative when the window's
+    batches cost less per token than the unprofiled ones (other shapes, other load): then no estimate."""
+    overhead = run.get("profiler_overhead_s_est")
+    if overhead is None or overhead < 0:
+        return "n/a (no estimate: the unprofiled steps were slower per token)" if overhead is not None else "n/a"
+    return f"{overhead / run['window_wall_s']:.1%}"
 
 
 def run_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -69,10 +76,28 @@ def shape_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def retabulated(payload: dict[str, Any]) -> list[str]:
+    if not any(r.get("tokens_rederived") for r in payload["runs"]):
+        return []
+    return [f"Retabulated {payload.get('retabulated')} with `python benchmarks/profile_step.py --retabulate NAME`: the "
+            "first version of the script took the window's batches one batch late (accelerate's loader collates one "
+            "ahead), so the window's token counts (and the figures per token that follow from them) were re-derived "
+            "from the replayed, seeded batch order. Check, window batches' padded positions and whether each is a row "
+            "count of the profiled matmuls: " + "; ".join(map(window_check, payload["runs"]))
+            + ". Times, operator figures and the unprofiled rate are the run's own.", ""]
+
+
+def window_check(run: dict[str, Any]) -> str:
+    warm, steps = run["warmup_steps"], run["profiled_steps"]
+    positions = [p for _, p in run["per_batch_useful_positions"][warm:warm + steps]]
+    rows = {s["bmkn"][1] for s in run["matmul_shapes"] if s.get("bmkn")}
+    return f"{run['config']} " + ", ".join(f"{p} ({'yes' if p in rows else 'no'})" for p in positions)
+
+
 def markdown(payload: dict[str, Any], categories: dict[str, str]) -> str:
     runs, env, sweep = payload["runs"], payload["environment"], payload["sweep"]
     md = ["# Where a peftkit training step's time goes (SmolLM2-135M-Instruct, LoRA r16 all-linear, SST-2)", "",
-          f"Command: `{payload['command']}`", "",
+          f"Command: `{payload['command']}`", "", *retabulated(payload),
           "Each config: the real `peftkit train` path (bf16 autocast, length-grouped batches; `gen` = packed SFT) "
           "in its own process, 1 torch thread; the profiled window is whole optimizer steps after the warm-up. "
           "Shares are of the window's wall time and add up to 100%; matmul GFLOP/s come from the shapes, over "

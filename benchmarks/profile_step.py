@@ -77,7 +77,6 @@ def instrument(trainer, window: dict[str, Any]):
         def on_step_end(self, args, state, control, **kwargs):
             window["step_ends"].append(time.perf_counter())
             if state.global_step == warmup:
-                window["batches_before"] = len(collator.per_batch)
                 window["profiler"] = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                                             record_shapes=True, with_flops=True)
                 window["profiler"].start()
@@ -106,9 +105,9 @@ def records_of(prof) -> list[dict[str, Any]]:
     return records
 
 
-def run_child(spec: dict[str, Any]) -> dict[str, Any]:
+def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
     import peftkit.run as run_mod
-    from mfu import matmul_peak, model_facts
+    from mfu import matmul_peak
     from peftkit.tasks import task_for
     from worker import peftkit_recipe
 
@@ -142,35 +141,44 @@ def summarise_window(spec, recipe, window, peak: float, peaks: list) -> dict[str
     rows = breakdown(categorise(records, **keys), wall_us, peak)
     warm, steps = window["warmup"], window["steps"]
     batches = window["per_batch"]
-    profiled = batches[window["batches_before"]:window["batches_before"] + steps]
     plain_s, plain_tokens = unprofiled_time(window["step_ends"], batches, warm, steps)
-    useful = sum(u for u, _ in profiled)
     facts = model_facts(model, lm_head_every_token=recipe.task != "classification", recompute=False)
     context = window["squares"] / sum(u for u, _ in batches)
     per_token = flops_per_token(facts["config"], context=context, trainable_params=facts["trainable_params"],
                                 lm_head_every_token=facts["lm_head_every_token"])
     wall_s = wall_us / 1e6
-    # the profiler's own cost: the window's time minus what its tokens took per token in the unprofiled steps
     plain_rate = plain_s / plain_tokens if plain_tokens else None
-    overhead = wall_s - plain_rate * useful if plain_rate else None
     return {
         "config": spec["name"], "recipe": spec["recipe"], "batch_size": spec["batch"], "task": recipe.task,
         "warmup_steps": warm, "profiled_steps": steps, "window_wall_s": round(wall_s, 2),
-        "useful_tokens": useful, "padded_positions": sum(p for _, p in profiled),
-        "tokens_per_step": round(useful / steps, 1), "useful_tokens_per_s_profiled": round(useful / wall_s, 2),
         "unprofiled_s_per_token": round(plain_rate, 5) if plain_rate else None,
         "unprofiled_steps_timed": len(window["step_ends"]) - 2 - steps,
-        "profiler_overhead_s_est": round(overhead, 2) if overhead is not None else None,
-        "profiled_s_per_token": round(wall_s / useful, 5),
         "context_tokens": round(context, 1), "model_gflop_per_token": round(per_token / 1e9, 4),
-        "model_gflops_profiled": round(per_token * useful / wall_s / 1e9, 2),
         "bf16_peak_gflops": peak, "peaks": peaks, "load_avg_end": round(os.getloadavg()[0], 2),
         "profiler_matmul_flops": sum(r["flops"] for r in records if r["name"] in ("aten::mm", "aten::addmm",
                                                                                   "aten::bmm", "aten::baddbmm")),
         "threads_seen": sorted({r["thread"] for r in records}),
+        "per_batch_useful_positions": batches, "step_ends": window["step_ends"],
         "categories": rows, "matmul_shapes": matmul_shapes(records, **keys),
-        "attention_shapes": attention_shapes(records),
+        "attention_shapes": attention_shapes(records), **window_tokens(batches, warm, steps, wall_s, plain_rate,
+                                                                       per_token),
     }
+
+
+def window_tokens(batches: list, warm: int, steps: int, wall_s: float, plain_rate: float | None,
+                  per_token: float) -> dict[str, Any]:
+    """The profiled window's tokens and what follows from them. Step k trains batch k-1, so the window (steps
+    warm+1 .. warm+steps) trains batches[warm:warm+steps] (not the collator's count at the window's start:
+    accelerate's loader collates one batch ahead)."""
+    profiled = batches[warm:warm + steps]
+    useful = sum(u for u, _ in profiled)
+    # the profiler's own cost: the window's time minus what its tokens took per token in the unprofiled steps
+    overhead = wall_s - plain_rate * useful if plain_rate else None
+    return {"useful_tokens": useful, "padded_positions": sum(p for _, p in profiled),
+            "tokens_per_step": round(useful / steps, 1), "useful_tokens_per_s_profiled": round(useful / wall_s, 2),
+            "profiled_s_per_token": round(wall_s / useful, 5),
+            "model_gflops_profiled": round(per_token * useful / wall_s / 1e9, 2),
+            "profiler_overhead_s_est": round(overhead, 2) if overhead is not None else None}
 
 
 def unprofiled_time(step_ends: list[float], batches: list, warm: int, steps: int) -> tuple[float, int]:
@@ -198,26 +206,30 @@ def attention_shapes(records) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_config(name: str, warmup: int, steps: int, after: int, log_dir: Path) -> dict[str, Any]:
-    from common import REPO
-
+def config_spec(name: str, warmup: int, steps: int, after: int) -> dict[str, Any]:
     kind, batch = name.split(":")
-    spec = {"name": name, "recipe": RECIPES[kind], "batch": int(batch), "warmup": warmup, "steps": steps,
+    return {"name": name, "recipe": RECIPES[kind], "batch": int(batch), "warmup": warmup, "steps": steps,
             "overrides": [f"train.max_steps={warmup + steps + after}", f"train.per_device_train_batch_size={batch}",
                           "train.logging_steps=1000"]}
+
+
+def run_child(spec: dict[str, Any], log_dir: Path, mode: str = "--child") -> dict[str, Any]:
+    """One config in a fresh process (1 torch thread); ``--replay`` collates its first batches instead."""
+    from common import REPO
+
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="peftkit-profile-") as tmp:
-        spec["workdir"] = tmp
+        spec = dict(spec, workdir=tmp)
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                    HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "benchmarks")]))
-        log = log_dir / f"profile_{name.replace(':', '_')}.log"
+        log = log_dir / f"profile_{spec['name'].replace(':', '_')}{mode.replace('--', '_')}.log"
         with log.open("w") as handle:
-            proc = subprocess.run([sys.executable, __file__, "--child", str(spec_file), str(out_file)], cwd=REPO,
+            proc = subprocess.run([sys.executable, __file__, mode, str(spec_file), str(out_file)], cwd=REPO,
                                   env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=1800)
         if proc.returncode != 0 or not out_file.exists():
-            raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
+            raise RuntimeError(f"{spec['name']} failed (exit {proc.returncode}); see {log}")
         return json.loads(out_file.read_text())
 
 
@@ -229,11 +241,22 @@ def main() -> None:
     p.add_argument("--after", type=int, default=2, help="unprofiled steps after the window (timed, like the warm-up "
                    "steps after the first: the profiler's cost is the difference per token)")
     p.add_argument("--name", default="profile_smollm2")
+    p.add_argument("--retabulate", metavar="NAME", help="re-derive the window tokens of results/NAME.json "
+                   "(collates the configs' first batches, trains and times nothing) and rewrite its tables")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--replay", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.child:
-        out = run_child(json.loads(Path(a.child[0]).read_text()))
-        Path(a.child[1]).write_text(json.dumps(out, default=str))
+    if a.child or a.replay:
+        spec_file, out_file = a.child or a.replay
+        if a.replay:
+            from profile_retabulate import replay_batches
+        out = (profile_child if a.child else replay_batches)(json.loads(Path(spec_file).read_text()))
+        Path(out_file).write_text(json.dumps(out, default=str))
+        return
+    if a.retabulate:
+        from profile_retabulate import retabulate
+
+        retabulate(a.retabulate)
         return
     from common import RESULTS, command_line, environment, write_results
     from mfu import matmul_peak
@@ -245,7 +268,7 @@ def main() -> None:
     runs = []
     for name in a.configs.split(","):
         print(f"{time.strftime('%H:%M:%S')} {name} ... (load {os.getloadavg()[0]:.2f})", flush=True)
-        runs.append(run_config(name, a.warmup, a.steps, a.after, RESULTS / "logs"))
+        runs.append(run_child(config_spec(name, a.warmup, a.steps, a.after), RESULTS / "logs"))
     payload = {"benchmark": "profile_step", "command": command_line(), "environment": env, "sweep": sweep,
                "runs": runs, "wall_s": round(time.time() - started), "load_avg_end": os.getloadavg()[0]}
     write_results(a.name, payload, markdown(payload, CATEGORIES))

@@ -105,3 +105,17 @@ def test_a_batch_of_rank_many_examples_is_not_mistaken_for_lora():
     assert categorise_one(rec("aten::linear", [(16, 30, 576), (1536, 576)]), **KEYS) == "base_matmul"
     assert categorise_one(rec("aten::linear", [(16, 30, 576), (16, 576)]), **KEYS) == "lora_matmul"
     assert categorise_one(rec("aten::matmul", [(16, 30, 576), (576, 1536)]), **KEYS) == "base_matmul"
+
+
+def test_the_window_is_the_steps_batches_and_the_rest_is_timed_without_the_profiler():
+    from profile_step import unprofiled_time, window_tokens
+
+    # 6 steps: warm-up 2, profiled 3-4, after 5-6; step k lasts ends[k-1] -> ends[k] and trains batch k-1
+    ends = [0.0, 10.0, 12.0, 20.0, 30.0, 33.0, 36.0]
+    batches = [(100, 120), (40, 40), (50, 60), (70, 80), (60, 60), (80, 80), (90, 90)]  # one collated ahead
+    seconds, tokens = unprofiled_time(ends, batches, warm=2, steps=2)
+    assert (seconds, tokens) == (2.0 + 3.0 + 3.0, 40 + 60 + 80)  # steps 2, 5, 6; step 1 (warm-up) left out
+    window = window_tokens(batches, 2, 2, wall_s=18.0, plain_rate=seconds / tokens, per_token=1e9)
+    assert (window["useful_tokens"], window["padded_positions"]) == (50 + 70, 60 + 80)  # batches of steps 3, 4
+    assert window["profiler_overhead_s_est"] == pytest.approx(18.0 - 120 * 8.0 / 180, abs=0.01)
+    assert window["model_gflops_profiled"] == pytest.approx(120 / 18.0, abs=0.01)
