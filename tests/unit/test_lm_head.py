@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import tiny_recipe, write_recipe
+from tests.conftest import REPO, tiny_recipe, write_recipe
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
 
@@ -141,3 +141,11 @@ def test_the_recipe_switch_reaches_the_trainer(positions, tmp_path, tiny_causal_
         assert rows["trl"] == [] and rows["peftkit"] == [8, 8]  # 4 examples per step, each learns its label word + EOS
     else:
         assert rows["peftkit"] == [] and len(rows["trl"]) == 2 and min(rows["trl"]) > 4 * 10
+
+
+def test_a_bad_value_names_the_field():
+    from peftkit.errors import PeftkitError
+    from peftkit.recipe import load_recipe
+
+    with pytest.raises(PeftkitError, match=r"'model.lm_head_positions' must be learned or all, got 'labels'"):
+        load_recipe(REPO / "recipes" / "sst2" / "smollm2_lora_gen.yaml", ["model.lm_head_positions=labels"])
