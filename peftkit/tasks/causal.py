@@ -18,7 +18,6 @@ from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_
 from peftkit.guards import guarded
 from peftkit.imbalance import decide as decide_imbalance
 from peftkit.io import write_json_atomic, write_text_atomic
-from peftkit.allocator import return_freed_memory
 from peftkit.lm_head import apply_recipe_choice
 from peftkit.model import load_causal_lm, load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
@@ -98,7 +97,6 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
-    return_freed_memory()  # glibc: RSS follows the activations in use, not the last step's peak (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return set_guard_policy(trainer, recipe)

@@ -23,7 +23,6 @@ from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.guards import guarded
 from peftkit.io import write_json_atomic, write_text_atomic
-from peftkit.allocator import return_freed_memory
 from peftkit.lm_head import apply_recipe_choice
 from peftkit.model import load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
@@ -102,7 +101,6 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
-    return_freed_memory()  # glibc: RSS follows the activations in use, not the last step's peak (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return set_guard_policy(trainer, recipe)
