@@ -4,9 +4,10 @@ trl 1.16's SFTTrainer already computes its loss through a fused, chunked LM head
 add_fused_lm_head``: per-token log-probabilities, entropy and top-1 hits without keeping ``[tokens x vocab]``
 logits for the backward). Which positions it projects depends on the device: on CUDA/XPU (Triton) only those
 whose next-token label is not -100; everywhere else (CPU) EVERY position, with the masked ones zeroed after
-the fact. For generative classification one position of a ~25-token example is learned (the label word), so
-on CPU ~96% of the LM head's work (2 x hidden x 49,152 FLOPs per token forward, as many backward, in fp32 on
-CPU) and of its [tokens x 32,768] fp32 temporaries is thrown away. Measured in benchmarks/README.md.
+the fact. For generative classification two positions of a ~25-token example are learned (label word, EOS), so
+on CPU ~90% of the LM head's work (2 x hidden x 49,152 FLOPs per token forward, as many backward, in fp32 on
+CPU) and of its [tokens x 32,768] fp32 temporaries is thrown away: projecting only the learned positions made
+packed SmolLM2 steps ~1.4x faster at a 13-16% lower peak RSS (benchmarks/README.md, "SFT memory").
 
 :func:`project_learned_positions_only` re-patches the fused forward so it projects only the learned positions
 on every device, with TRL's own kernel (``trl.kernels.ChunkedLogProbFunction``) and output class: the loss,
