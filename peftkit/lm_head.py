@@ -42,8 +42,9 @@ def project_learned_positions_only(model) -> bool:
     ``fused_lm_head`` (generation, evaluation, label scoring) go to the forward TRL left. Returns whether the
     model was re-patched.
     """
+    from torch.distributed.tensor import DTensor
     from trl.kernels import ChunkedLogProbFunction
-    from trl.trainer.utils import FusedCausalLMOutput
+    from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx
 
     if not covers(model):
         return False
@@ -63,9 +64,14 @@ def project_learned_positions_only(model) -> bool:
         head = self.get_output_embeddings()
         hidden, targets = hidden.to(head.weight.device), targets.to(head.weight.device)
         mask = targets != -100
-        # only the learned rows go through the projection; TRL's kernel, TRL's chunk size
-        per_token = ChunkedLogProbFunction.apply(hidden[mask], head.weight, head.bias, targets[mask], 1.0, 32768,
-                                                 None, 1.0, SFT_OUTPUTS)
+        weight, bias = head.weight, head.bias
+        if isinstance(weight, DTensor):  # FSDP2 shards the head: gather it, as TRL does
+            weight, bias = weight.full_tensor(), None if bias is None else bias.full_tensor()
+        # only the learned rows go through the projection; TRL's kernel and chunk size, and TRL's gather of a
+        # ZeRO-3-partitioned head (the kernel reads the weight directly, without the head's forward hook)
+        with maybe_gather_lm_head_ctx(weight, bias):
+            per_token = ChunkedLogProbFunction.apply(hidden[mask], weight, bias, targets[mask], 1.0, 32768, None, 1.0,
+                                                     SFT_OUTPUTS)
         # back to [batch, positions], zero where nothing is learned (masked_scatter keeps an all-masked batch
         # connected to the graph, like TRL)
         log_probs, entropy, _, _, is_top1 = (None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x)
