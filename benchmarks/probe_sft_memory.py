@@ -175,7 +175,8 @@ def summary_row(f: dict[str, Any]) -> str:
     peak = max(s["step_peak_mb"] for s in f["steps"])
     step_s = sorted(s["step_s"] for s in later)[len(later) // 2]
     saved = f.get("saved_for_backward_mb", {})
-    return (f"| {f['arm']} | {peak} | {round(peak - f['rss_before_training_mb'], 1)} | {round(sum(saved.values()), 1)} | "
+    above = round(peak - f["rss_before_training_mb"], 1)
+    return (f"| {f['arm']} | {peak} | {above} | {round(sum(saved.values()), 1)} | "
             f"{saved.get('LM head + loss (outside the decoder)', 0)} | {f['rss_before_training_mb']} | "
             f"{f['peak_rss_loading_mb']} | {step_s} | {round(sum(s['tokens'] for s in later) / len(later))} / "
             f"{round(sum(s['learned'] for s in later) / len(later))} |")
@@ -214,8 +215,9 @@ def main() -> None:
           "each step, so model loading is not in it); above: that minus the RSS once the trainer was built. Saved for "
           "backward: bytes autograd holds between forward and backward on the second step (parameters excluded; "
           "glibc keeps freed memory, so RSS does not fall back between steps).", "",
-          "| arm | training peak RSS MB | above RSS before training MB | saved for backward MB | of which LM head + loss MB | RSS before "
-          "training MB | peak RSS while loading MB | step s (hooked, under load) | tokens / learned per step |",
+          "| arm | training peak RSS MB | above RSS before training MB | saved for backward MB | "
+          "of which LM head + loss MB | RSS before training MB | peak RSS while loading MB | "
+          "step s (hooked, under load) | tokens / learned per step |",
           "|---|---|---|---|---|---|---|---|---|", *[summary_row(f) for f in results], "",
           "Saved for backward, by what saved it (MB):", "",
           "| category | " + " | ".join(f["arm"] for f in results) + " |",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO, tiny_recipe, write_recipe
-from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
+from tests.sft_fixtures import tiny_causal_dir  # noqa: F401
 
 
 @pytest.fixture()
@@ -112,7 +112,8 @@ def test_models_with_transformed_logits_keep_trls_forward(tiny_causal_dir):
 @pytest.mark.parametrize("positions", ["learned", "all"])
 def test_the_recipe_switch_reaches_the_trainer(positions, tmp_path, tiny_causal_dir, sst2_small, monkeypatch):
     """A real (tiny) run, padding-free batches of 4 examples: with `learned` the LM head projects only the 4 label
-    words and end-of-sequence tokens of each step; with `all`, TRL's own forward projects every position of the joined row."""
+    words and end-of-sequence tokens of each step; with `all`, TRL's own forward projects every position of the
+    joined row."""
     import trl.kernels
     import trl.trainer.utils
 
@@ -129,7 +130,8 @@ def test_the_recipe_switch_reaches_the_trainer(positions, tmp_path, tiny_causal_
                 return kernel.forward(ctx, hidden, *args)
         return Recording
 
-    monkeypatch.setattr(trl.kernels, "ChunkedLogProbFunction", recording(trl.kernels.ChunkedLogProbFunction, "peftkit"))
+    monkeypatch.setattr(trl.kernels, "ChunkedLogProbFunction",
+                        recording(trl.kernels.ChunkedLogProbFunction, "peftkit"))
     monkeypatch.setattr(trl.trainer.utils, "_ChunkedLogProbFunction",
                         recording(trl.trainer.utils._ChunkedLogProbFunction, "trl"))
     raw = tiny_recipe(tiny_causal_dir, sst2_small, tmp_path / "run", task="generative_classification",
