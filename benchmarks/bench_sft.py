@@ -13,7 +13,13 @@ Arms (each in its own process):
   trl-packing-on   SFTTrainer(packing=True): BFD packing, padding-free rows
   peftkit-sft      peftkit.run.run on recipes/sst2/smollm2_lora_gen.yaml with peftkit's speed defaults
                    (packing + padding-free rows, bf16 autocast on CPUs with native bf16)
+  peftkit-sft-before  peftkit before issue 18 (the same as peftkit-sft-all)
+  peftkit-sft-mmap the defaults with MALLOC_MMAP_THRESHOLD_=262144 (glibc; less memory, more time)
+  peftkit-sft-all  the same with model.lm_head_positions=all: TRL's fused LM head on every position (peftkit
+                   before issue 18; the LM head now projects only positions whose next token is learned)
   peftkit-sft-ckpt the same with train.gradient_checkpointing=true (TRL's default; less memory, more time)
+  peftkit-sft-all-ckpt  lm_head_positions=all and checkpointing
+  peftkit-sft-ckpt2  checkpointing of every 2nd decoder layer only (activation_checkpointing_kwargs.every_n_layers)
   peftkit-sft-fp32 the same with train.bf16=false: the bf16 lever off
   peftkit-sft-padfree  padding-free batches without packing: the baseline's examples per step and number of
                    optimizer steps, joined into one row (no padding computed)
@@ -46,12 +52,22 @@ MODEL = "packaged:smollm2-135m-instruct"
 GEN_RECIPE = "recipes/sst2/smollm2_lora_gen.yaml"
 LF_VENV = Path(os.environ.get("PEFTKIT_LF_VENV", "/tmp/lf-venv"))
 HYPER = {"learning_rate": 3e-4, "batch_size": 8, "max_length": 64}
-ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-ckpt", "peftkit-sft-fp32", "peftkit-sft-padfree",
+ARMS = ("trl-packing-off", "trl-packing-on", "peftkit-sft", "peftkit-sft-before", "peftkit-sft-all", "peftkit-sft-mmap",
+        "peftkit-sft-ckpt", "peftkit-sft-all-ckpt", "peftkit-sft-ckpt2", "peftkit-sft-fp32", "peftkit-sft-padfree",
         "llamafactory")
 # peftkit arms: recipe overrides that turn one lever from peftkit's default
 PEFTKIT_ARMS = {"peftkit-sft": [], "peftkit-sft-fp32": ["train.bf16=false"],
                 "peftkit-sft-ckpt": ["train.gradient_checkpointing=true"],
+                "peftkit-sft-all": ["model.lm_head_positions=all"],
+                "peftkit-sft-before": ["model.lm_head_positions=all"],
+                "peftkit-sft-all-ckpt": ["model.lm_head_positions=all", "train.gradient_checkpointing=true"],
+                "peftkit-sft-ckpt2": ["train.gradient_checkpointing=true",
+                                      "train.activation_checkpointing_kwargs={every_n_layers: 2}"],
+                "peftkit-sft-mmap": [],
                 "peftkit-sft-padfree": ["train.packing=false", "train.padding_free=true"]}
+# peftkit arms' process settings: glibc's mmap threshold fixed at 256 KiB (freed activations go back to the system;
+# benchmarks/README.md, "SFT memory")
+PEFTKIT_ENV = {"peftkit-sft-mmap": {"MALLOC_MMAP_THRESHOLD_": "262144"}}
 
 
 def trl_spec(name: str, packing: bool, examples: int, eval_examples: int) -> dict[str, Any]:
@@ -135,7 +151,8 @@ def main() -> None:
             if a.eval_examples:
                 overrides.append(f"data.max_eval_samples={a.eval_examples}")
             specs.append((name, {"name": f"sft:{name}", "kind": "peftkit_sft", "recipe": GEN_RECIPE,
-                                 "overrides": overrides, "evaluate": bool(a.eval_examples)}))
+                                 "overrides": overrides, "evaluate": bool(a.eval_examples),
+                                 "env": PEFTKIT_ENV.get(name, {})}))
         elif name == "llamafactory":
             if not (LF_VENV / "bin" / "llamafactory-cli").exists():
                 skipped[name] = f"no LLaMA-Factory venv at {LF_VENV}: run benchmarks/llamafactory_setup.sh first"

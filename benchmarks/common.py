@@ -50,6 +50,7 @@ def run_worker(spec: dict[str, Any], *, threads: int, log_dir: Path, timeout: fl
                    TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                    HF_HUB_DISABLE_TELEMETRY="1", PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        env.update(spec.get("env", {}))  # an arm's own process settings, read at process start (glibc's malloc)
         log = log_dir / f"{spec['name']}.log"
         started = time.time()
         with log.open("a", encoding="utf-8") as handle:

@@ -30,6 +30,8 @@ def validate(recipe: Recipe) -> None:
         fail(f"'model.dtype' must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
     if m.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
         fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or flash_attention_2")
+    if m.lm_head_positions not in ("learned", "all"):
+        fail(f"'model.lm_head_positions' must be learned or all, got {m.lm_head_positions!r}")
 
     if q.load_in_4bit and q.load_in_8bit:
         fail("'quantization.load_in_4bit' and 'quantization.load_in_8bit' are both true; choose one")

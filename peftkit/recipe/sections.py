@@ -37,6 +37,11 @@ class ModelSection:
     """Run the model repository's own Python code. Only if you trust that repository."""
     allow_pickle: bool = False
     """Allow loading ``.bin``/``.pt`` (pickle) weights. Pickles can execute code: safetensors only by default."""
+    lm_head_positions: str = "learned"
+    """Causal-LM training (sft, generative_classification): where the LM head is applied for the loss. ``learned``:
+    only at positions whose next token is learned (the label word, the completion), on every device, as TRL does
+    on CUDA; ``all``: every position (TRL's own behaviour on CPU). Same loss and gradients (to rounding);
+    ``learned`` is faster and lighter when little of each row is learned (benchmarks/README.md, issue 18)."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_
 from peftkit.guards import guarded
 from peftkit.imbalance import decide as decide_imbalance
 from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.lm_head import apply_recipe_choice
 from peftkit.model import load_causal_lm, load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.quantize import quant_storage_for
@@ -95,6 +96,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
                                       recipe.evaluate.batch_size, label_scoring(recipe))
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
+    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return set_guard_policy(trainer, recipe)

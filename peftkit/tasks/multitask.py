@@ -23,6 +23,7 @@ from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.guards import guarded
 from peftkit.io import write_json_atomic, write_text_atomic
+from peftkit.lm_head import apply_recipe_choice
 from peftkit.model import load_trained_causal_lm
 from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.recipe import Recipe
@@ -99,6 +100,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
+    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return set_guard_policy(trainer, recipe)
