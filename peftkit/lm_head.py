@@ -90,4 +90,11 @@ def apply_recipe_choice(trainer, positions: str) -> bool:
     if positions != "learned":
         return False
     model = trainer.model
-    return project_learned_positions_only(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    try:
+        return project_learned_positions_only(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    except ImportError as missing:  # another trl release moved its fused head: keep trl's own (correct) forward
+        from peftkit.console import warn
+
+        warn(f"model.lm_head_positions: learned needs trl 1.16's fused LM head ({missing}); using trl's forward, "
+             "which projects every position on CPU (slower, same loss)")
+        return False
