@@ -22,6 +22,9 @@ Measured and ON by default
 * Padding to a multiple of 8 only on CUDA (:func:`collator_pad_multiple`): GPU tensor cores want multiples of 8;
   on CPU it is pure waste (SST-2, batches of 16, length-grouped: 27% of the epoch's positions were padding with
   multiples of 8, 8% without).
+* ``model.cpu_attention_kernel: math`` (CPU only): sdpa's math kernel instead of the flash kernel it picks on
+  CPU, around every forward pass of the Trainer (:mod:`peftkit.attention`). Same attention, another order of
+  operations. Decided in :func:`cpu_attention_kernel`; measurement in benchmarks/README.md.
 * Packing with padding-free rows for SFT is decided in ``peftkit.recipe`` (on where the attention keeps packed
   sequences apart) and checked on the real model at the start of each run (``peftkit.packing``).
 
@@ -68,6 +71,24 @@ def speed_defaults(train: dict[str, Any], *, has_cuda: bool, cpu_has_bf16: bool,
             # transformers refuses bf16 without CUDA unless use_cpu is set ("Your setup doesn't support bf16/gpu")
             out.setdefault("use_cpu", True)
     return out
+
+
+# peftkit's choice of sdpa kernel on CPU when the recipe leaves model.cpu_attention_kernel unset, for padded
+# batches and for padding-free (packed) rows; measured side by side on `peftkit train` (benchmarks/README.md).
+CPU_ATTENTION_KERNEL = {"padded": "math", "packed": "math"}
+
+
+def cpu_attention_kernel(choice: str | None, *, has_cuda: bool, packing: bool = False) -> str:
+    """The sdpa kernel training uses: ``math`` or ``default`` (torch's own choice).
+
+    ``choice`` is the recipe's ``model.cpu_attention_kernel`` (None: peftkit's measured default). On CUDA always
+    ``default``: there the flash/efficient kernels are the fast ones.
+    """
+    if has_cuda:
+        return "default"
+    if choice is not None:
+        return choice
+    return CPU_ATTENTION_KERNEL["packed" if packing else "padded"]
 
 
 class EpochSeededLengthGroupedSampler:
@@ -150,15 +171,22 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def apply_speed_defaults(train: dict[str, Any], *, quantized: bool = False, packing: bool = False) -> dict[str, Any]:
-    """:func:`speed_defaults` for this machine, printing what was filled in (main process only)."""
+def apply_speed_defaults(train: dict[str, Any], *, quantized: bool = False, packing: bool = False,
+                         attention_choice: str | None = "default") -> dict[str, Any]:
+    """:func:`speed_defaults` for this machine, printing what was filled in (main process only).
+
+    ``attention_choice``: the recipe's ``model.cpu_attention_kernel``; when it is None (unset) the kernel peftkit
+    chooses on CPU is printed in the same line.
+    """
     import torch
 
     has_cuda = torch.cuda.is_available()
     out = speed_defaults(train, has_cuda=has_cuda, cpu_has_bf16=not has_cuda and cpu_has_native_bf16(),
                          quantized=quantized, packing=packing)
     filled = {k: v for k, v in out.items() if k not in train}
+    if attention_choice is None and not has_cuda:
+        filled["model.cpu_attention_kernel"] = cpu_attention_kernel(None, has_cuda=False, packing=packing)
     if filled and int(os.environ.get("RANK", 0)) == 0:
         shown = ", ".join(f"{k}={v}" for k, v in filled.items())
-        print(f"peftkit speed defaults: {shown} (set them under train: to choose otherwise)", flush=True)
+        print(f"peftkit speed defaults: {shown} (set them under train: or model: to choose otherwise)", flush=True)
     return out

@@ -25,7 +25,8 @@ def trainer_kwargs(recipe: Recipe, run_dir: Path, *, packing: bool = False) -> d
     import torch
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / LOG_DIR)
-    train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled, packing=packing)
+    train = apply_speed_defaults(recipe.train, quantized=recipe.quantization.enabled, packing=packing,
+                                 attention_choice=recipe.model.cpu_attention_kernel)
     kwargs = adjust_training_args_for_launch(train, torch.cuda.is_available())
     kwargs = log_friendly_trainer_args(kwargs)  # no tqdm redraws into log files (peftkit/progress.py)
     # peftkit rotates checkpoints itself, after marking the new one complete (guards.MarkCompleteCheckpoints)

@@ -32,6 +32,8 @@ def validate(recipe: Recipe) -> None:
         fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or flash_attention_2")
     if m.lm_head_positions not in ("learned", "all"):
         fail(f"'model.lm_head_positions' must be learned or all, got {m.lm_head_positions!r}")
+    if m.cpu_attention_kernel not in (None, "math", "default"):
+        fail(f"'model.cpu_attention_kernel' must be math or default (or unset), got {m.cpu_attention_kernel!r}")
 
     if q.load_in_4bit and q.load_in_8bit:
         fail("'quantization.load_in_4bit' and 'quantization.load_in_8bit' are both true; choose one")

@@ -42,6 +42,10 @@ class ModelSection:
     only at positions whose next token is learned (the label word, the completion), on every device, as TRL does
     on CUDA; ``all``: every position (TRL's own behaviour on CPU). Same loss and gradients (to rounding);
     ``learned`` is faster and lighter when little of each row is learned (benchmarks/README.md, issue 18)."""
+    cpu_attention_kernel: str | None = None
+    """Training on CPU with sdpa attention: ``math`` runs torch's math sdpa kernel in every forward pass of the
+    Trainer, ``default`` lets torch pick (its flash kernel, slow at short sentences on CPU). Same attention to
+    rounding. None: peftkit's measured default (printed in the "peftkit speed defaults" line). No effect on CUDA."""
 
 
 @dataclass

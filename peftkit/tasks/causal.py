@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peftkit.attention import (attention_kernel, evaluation_attention_kernel, trainer_attention_kernel,
+                               with_attention_kernel)
 from peftkit.console import say
 from peftkit.data import evaluation_file, split_size
 from peftkit.errors import PeftkitError
@@ -78,12 +80,15 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     from trl import SFTTrainer
 
     causal: CausalData = data.prepared["causal"]
-    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model
-        check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
+    kernel = trainer_attention_kernel(recipe, args)
+    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model and kernel
+        with attention_kernel(kernel, args.device.type):
+            check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
     eval_during_training = args.eval_strategy != "no"
     # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
     during = VALIDATION if VALIDATION in causal.splits else "eval"
-    trainer = guarded(with_label_scoring_evaluation(with_seeded_length_grouping(SFTTrainer)))(
+    trainer = guarded(with_attention_kernel(with_label_scoring_evaluation(with_seeded_length_grouping(SFTTrainer)),
+                                           kernel))(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
@@ -131,11 +136,12 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
 
 def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData) -> dict[str, Any]:
     """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
-    if recipe.task == "generative_classification":
-        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
-                                      scoring=label_scoring(recipe))
-    else:
-        metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
+    with evaluation_attention_kernel(recipe, model):
+        if recipe.task == "generative_classification":
+            metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template,
+                                          recipe.evaluate.batch_size, scoring=label_scoring(recipe))
+        else:
+            metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
     metrics["split"] = "eval"
     metrics["data_file"] = causal.reports["eval"].source
     return metrics

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from peftkit.attention import trainer_attention_kernel, with_attention_kernel
 from peftkit.console import say
 from peftkit.data import (ClassificationData, SplitReport, evaluation_file, format_report, load_classification_data,
                           split_size, tokenize_split)
@@ -77,7 +78,8 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     validation = data.prepared.get(VALIDATION)
     # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
     during = validation if validation is not None else data.prepared["eval"]
-    trainer = guarded(with_imbalance_handling(with_seeded_length_grouping(Trainer)))(
+    trainer = guarded(with_attention_kernel(with_imbalance_handling(with_seeded_length_grouping(Trainer)),
+                                           trainer_attention_kernel(recipe, args)))(
         model=model,
         args=args,
         train_dataset=data.prepared["train"],

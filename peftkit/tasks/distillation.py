@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit.attention import trainer_attention_kernel, with_attention_kernel
 from peftkit.console import say
 from peftkit.data import ClassificationData, SplitReport, read_table, tokenize_split
 from peftkit.distill_loss import IGNORE, with_distillation_loss
@@ -122,7 +123,8 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     train = data.prepared["train"].add_column("teacher_probs", probs.tolist())
     validation = data.prepared.get(VALIDATION)
     during = validation if validation is not None else data.prepared["eval"]
-    trainer = guarded(with_seeded_length_grouping(with_distillation_loss(Trainer)))(
+    trainer = guarded(with_attention_kernel(with_seeded_length_grouping(with_distillation_loss(Trainer)),
+                                           trainer_attention_kernel(recipe, args)))(
         model=model,
         args=args,
         train_dataset=train,

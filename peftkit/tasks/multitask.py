@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit import mixing
+from peftkit.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
 from peftkit.console import say
 from peftkit.errors import PeftkitError
 from peftkit.guards import guarded
@@ -94,10 +95,12 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     import datasets
     from trl import SFTTrainer
 
+    kernel = trainer_attention_kernel(recipe, args)
     if args.packing or args.padding_free:  # check on each task's own tokens that packed sequences stay apart
-        for task in data.prepared["tasks"].values():
-            check_packing_exact(model, tokenizer, task.prepared["encoder"], task.prepared["causal"], recipe)
-    trainer = guarded(with_seeded_length_grouping(SFTTrainer))(
+        with attention_kernel(kernel, args.device.type):  # under the kernel training will use
+            for task in data.prepared["tasks"].values():
+                check_packing_exact(model, tokenizer, task.prepared["encoder"], task.prepared["causal"], recipe)
+    trainer = guarded(with_attention_kernel(with_seeded_length_grouping(SFTTrainer), kernel))(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
