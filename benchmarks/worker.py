@@ -188,6 +188,7 @@ class Observer:
         self.eval_s = None
         self.trainer_args = None
         self.model = None
+        self.trainer = None
 
 
 def make_callback(obs: Observer):
@@ -213,6 +214,7 @@ def observe(trainer, spec: dict[str, Any], obs: Observer) -> None:
     """Attach the observers to a built Trainer (same for every arm)."""
     obs.trainer_args = trainer.args
     obs.model = trainer.model
+    obs.trainer = trainer
     obs.collator = CountingCollator(trainer.data_collator, spec.get("pad_to_multiple_of"))
     trainer.data_collator = obs.collator
     trainer.add_callback(make_callback(obs))
@@ -265,6 +267,9 @@ def summarize(obs: Observer, spec: dict[str, Any], extra: dict[str, Any]) -> dic
         "tree_peak_rss_mb_sampled": TREE.peak_mb() if TREE is not None else None,
         "torch_threads": torch.get_num_threads(),
         "eval_s": round(obs.eval_s, 2) if obs.eval_s is not None else None,
+        # the logged training losses, step by step (every step with train.logging_steps=1): arms that should compute
+        # the same thing can be compared on them
+        "losses": [e["loss"] for e in obs.trainer.state.log_history if "loss" in e] if obs.trainer else [],
     }
     if obs.model is not None:  # what the model FLOPs per token are counted from (benchmarks/mfu.py)
         from mfu import model_facts
