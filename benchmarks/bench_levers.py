@@ -57,6 +57,10 @@ NOTES = {
 }
 
 
+def first_losses(row: dict, n: int = 12) -> str:
+    return ", ".join(f"{x:.4f}" for x in (row["losses"][0] or [])[:n]) or "-"
+
+
 def loss_gap(reference: list[dict], candidate: list[dict]) -> float | None:
     """Largest |loss difference| at any logged step between the two arms' runs of the same round."""
     gaps = [abs(a - b) for ref, res in zip(reference, candidate) for a, b in zip(ref.get("losses", []),
@@ -74,6 +78,7 @@ def main() -> None:
     p.add_argument("--levers", default=",".join(LEVERS), help="comma-separated subset of: " + ", ".join(LEVERS))
     p.add_argument("--reference", default="all-off", help="the arm the ratios are taken against")
     p.add_argument("--threads", type=int, default=1, help=arg_threads_help())
+    p.add_argument("--name", default=None, help="results/<name>.json/.md (default levers_<model>[_quick])")
     a = p.parse_args()
     started = time.time()
     stride = a.stride or (25 if a.quick else 16)
@@ -131,13 +136,13 @@ def main() -> None:
                   f"{r['max_loss_gap_vs_reference'] if r['max_loss_gap_vs_reference'] is not None else '-'} | "
                   f"{', '.join(str(x) for x in r['load_avg_after'])} |")
     md += ["", "Training losses per logged step, first run of each arm: "
-           + "; ".join(f"{r['arm']}: {', '.join(f'{x:.4f}' for x in (r['losses'][0] or [])[:12]) or '-'}" for r in rows),
+           + "; ".join(f"{r['arm']}: {first_losses(r)}" for r in rows),
            "", peak_line(peaks), "", env_lines(env, started)]
     payload = {"benchmark": "levers", "command": command_line(), "model": a.model, "recipe": recipe,
                "examples": a.examples, "stride": stride, "repeats": repeats, "environment": env, "rows": rows,
                "matmul_peaks": peaks,
                "runs": results}
-    write_results(f"levers_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
+    write_results(a.name or f"levers_{a.model}" + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 
 if __name__ == "__main__":
