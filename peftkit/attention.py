@@ -11,7 +11,8 @@ Trainer makes: ``Trainer.compute_loss_context_manager`` wraps the forward of eve
 evaluation/prediction step (and ``evaluate`` as a whole, for evaluations that score label words themselves);
 label scoring and held-out loss after training run under :func:`evaluation_attention_kernel`. The backward
 needs no switch: the math kernel is made of ordinary operators, whose gradients autograd records in the forward.
-Only on CPU; on CUDA the flash/efficient kernels are the fast ones. Whether it is on by default is decided with the other speed defaults (``peftkit.speed.cpu_attention_kernel``).
+Only on CPU; on CUDA the flash/efficient kernels are the fast ones. Whether it is on by default is decided with
+the other speed defaults (``peftkit.speed.cpu_attention_kernel``).
 """
 
 from __future__ import annotations
