@@ -45,7 +45,7 @@ def case_tensors(name: str):
     return qkv(8, 62), None, True  # rows8
 
 
-def fwd_bwd_seconds(name: str, backend, repeats: int) -> float:
+def fwd_bwd_seconds(name: str, backend, repeats: int, backward: bool = True) -> float:
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 
@@ -55,7 +55,8 @@ def fwd_bwd_seconds(name: str, backend, repeats: int) -> float:
         started = time.perf_counter()
         with sdpa_kernel(backend):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
-        out.float().sum().backward()
+        if backward:
+            out.float().sum().backward()
         if i:  # the first call is the warm-up
             times.append(time.perf_counter() - started)
         q.grad = k.grad = v.grad = None
@@ -68,26 +69,31 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--forward-only", action="store_true", help="time the forward alone (evaluation, label scoring)")
+    p.add_argument("--cases", default="cls16,cls64,packed8,rows8")
     a = p.parse_args()
     torch.set_num_threads(1)
     env = environment(1)
     backends = {"flash (default)": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
     rows = []
-    for case in ("cls16", "cls64", "packed8", "rows8"):
+    for case in a.cases.split(","):
         for label, backend in backends.items():
-            seconds = fwd_bwd_seconds(case, backend, a.repeats)
+            seconds = fwd_bwd_seconds(case, backend, a.repeats, backward=not a.forward_only)
             rows.append({"case": case, "backend": label, "ms": round(seconds * 1000, 2),
                          "load_avg": round(os.getloadavg()[0], 2)})
             print(rows[-1], flush=True)
-    md = ["# sdpa forward + backward on this CPU (bf16, 1 thread, SmolLM2 heads: 9 q / 3 kv, head dim 64)", "",
-          f"Command: `{command_line()}`", "", "| case | kernel | ms per layer call (fwd + bwd, best of "
+    what = "forward only" if a.forward_only else "fwd + bwd"
+    title = "forward" if a.forward_only else "forward + backward"
+    md = [f"# sdpa {title} on this CPU (bf16, 1 thread, SmolLM2 heads: 9 q / 3 kv, head dim 64)", "",
+          f"Command: `{command_line()}`", "", f"| case | kernel | ms per layer call ({what}, best of "
           f"{a.repeats}) | load |", "|---|---|---|---|",
           *[f"| {r['case']} | {r['backend']} | {r['ms']} | {r['load_avg']} |" for r in rows], "",
           "A training step makes 30 such calls (one per layer). Cases in the module docstring of "
           "benchmarks/bench_sdpa_cpu.py. Machine shared, one core busy with another training run: times are under "
           f"load (load average {env['load_avg_at_start'][0]} at start). torch {env['torch']}, {env['date']}."]
-    write_results("sdpa_cpu", {"benchmark": "sdpa_cpu", "command": command_line(), "environment": env,
-                               "rows": rows}, "\n".join(md))
+    name = "sdpa_cpu_forward" if a.forward_only else "sdpa_cpu"
+    write_results(name, {"benchmark": "sdpa_cpu", "command": command_line(), "environment": env,
+                         "rows": rows}, "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ and attention was 14-36% of a SmolLM2 LoRA step (benchmarks/README.md, "Profile"
 same softmax(QK^T)V with the same masks (padding masks, the block-diagonal masks transformers builds from packed
 position_ids), in another order: results agree to float rounding.
 
-The kernel is chosen with torch's own switch, ``torch.nn.attention.sdpa_kernel``, around each forward pass the
-Trainer makes: ``Trainer.compute_loss_context_manager`` wraps the forward of every training step and every
-evaluation/prediction step (and ``evaluate`` as a whole, for evaluations that score label words themselves);
-label scoring and held-out loss after training run under :func:`evaluation_attention_kernel`. The backward
-needs no switch: the math kernel is made of ordinary operators, whose gradients autograd records in the forward.
+The kernel is chosen with torch's own switch, ``torch.nn.attention.sdpa_kernel``, around the forward of each
+training step: ``Trainer.compute_loss_context_manager`` wraps every forward the Trainer makes, and the switch is
+entered there only while gradients are recorded. The gain is all in the backward (flash's backward is the slow
+part): forward alone, math was 1.6-2x SLOWER than flash at the same shapes (results/sdpa_cpu_forward.md), so
+evaluation, prediction and label scoring (forward under no_grad) keep torch's choice. The backward needs no
+switch: the math kernel is made of ordinary operators, whose gradients autograd records in the forward.
 Only on CPU; on CUDA the flash/efficient kernels are the fast ones. Whether it is on by default is decided with
 the other speed defaults (``peftkit.speed.cpu_attention_kernel``).
 """
@@ -34,21 +35,19 @@ def attention_kernel(kernel: str, device_type: str) -> contextlib.AbstractContex
 
 
 def with_attention_kernel(trainer_cls: type, kernel: str) -> type:
-    """A subclass of ``trainer_cls`` whose forward passes (training and evaluation steps) run under
+    """A subclass of ``trainer_cls`` whose training forwards (those that record gradients) run under
     :func:`attention_kernel` (``kernel``: math or default)."""
 
     class AttentionKernel(trainer_cls):
         attention_kernel = kernel
 
         def compute_loss_context_manager(self):
-            stack = super().compute_loss_context_manager()
-            stack.enter_context(attention_kernel(self.attention_kernel, self.args.device.type))
-            return stack
+            import torch
 
-        def evaluate(self, *args, **kwargs):
-            # evaluation during training that scores label words itself (selection.with_label_scoring_evaluation)
-            with attention_kernel(self.attention_kernel, self.args.device.type):
-                return super().evaluate(*args, **kwargs)
+            stack = super().compute_loss_context_manager()
+            if torch.is_grad_enabled():  # a training step; prediction steps run under no_grad (forward only)
+                stack.enter_context(attention_kernel(self.attention_kernel, self.args.device.type))
+            return stack
 
     AttentionKernel.__name__ = AttentionKernel.__qualname__ = trainer_cls.__name__
     return AttentionKernel
@@ -60,14 +59,6 @@ def trainer_attention_kernel(recipe, args) -> str:
 
     return cpu_attention_kernel(recipe.model.cpu_attention_kernel, has_cuda=args.device.type == "cuda",
                                 packing=packed_batches(args))
-
-
-def evaluation_attention_kernel(recipe, model) -> contextlib.AbstractContextManager:
-    """:func:`attention_kernel` for evaluation outside a Trainer (label scoring, held-out loss): padded batches."""
-    from peftkit.speed import cpu_attention_kernel
-
-    device = next(model.parameters()).device.type
-    return attention_kernel(cpu_attention_kernel(recipe.model.cpu_attention_kernel, has_cuda=device == "cuda"), device)
 
 
 def packed_batches(args) -> bool:

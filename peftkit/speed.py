@@ -75,7 +75,7 @@ def speed_defaults(train: dict[str, Any], *, has_cuda: bool, cpu_has_bf16: bool,
 
 # peftkit's choice of sdpa kernel on CPU when the recipe leaves model.cpu_attention_kernel unset, for padded
 # batches and for padding-free (packed) rows; measured side by side on `peftkit train` (benchmarks/README.md).
-CPU_ATTENTION_KERNEL = {"padded": "math", "packed": "math"}
+CPU_ATTENTION_KERNEL = {"padded": "math", "packed": "default"}
 
 
 def cpu_attention_kernel(choice: str | None, *, has_cuda: bool, packing: bool = False) -> str:

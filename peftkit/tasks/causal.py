@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftkit.attention import (attention_kernel, evaluation_attention_kernel, trainer_attention_kernel,
-                               with_attention_kernel)
+from peftkit.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
 from peftkit.console import say
 from peftkit.data import evaluation_file, split_size
 from peftkit.errors import PeftkitError
@@ -136,12 +135,11 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
 
 def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData) -> dict[str, Any]:
     """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
-    with evaluation_attention_kernel(recipe, model):
-        if recipe.task == "generative_classification":
-            metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template,
-                                          recipe.evaluate.batch_size, scoring=label_scoring(recipe))
-        else:
-            metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
+    if recipe.task == "generative_classification":
+        metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
+                                      scoring=label_scoring(recipe))
+    else:
+        metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
     metrics["split"] = "eval"
     metrics["data_file"] = causal.reports["eval"].source
     return metrics

@@ -53,6 +53,8 @@ def test_the_trainer_wrapper_keeps_the_class_name_and_enters_the_kernel():
     with trainer.compute_loss_context_manager():
         assert not torch.backends.cuda.flash_sdp_enabled()
     assert torch.backends.cuda.flash_sdp_enabled()
+    with torch.no_grad(), trainer.compute_loss_context_manager():  # prediction steps: forward only, flash is faster
+        assert torch.backends.cuda.flash_sdp_enabled()
 
 
 def test_a_bad_value_names_the_field():
@@ -79,10 +81,11 @@ def ops_during_run(raw: dict, tmp_path) -> set[str]:
 
 @pytest.mark.parametrize("kernel", ["math", "default"])
 def test_the_kernel_reaches_a_classification_run(kernel, tmp_path, tiny_llama_dir, sst2_small, one_torch_thread):
-    """Padded batches of 8 sentences through the classification head: with math, sdpa never picks flash."""
+    """Padded batches of 8 sentences through the classification head: with math, sdpa never picks flash in
+    training (evaluation is off: forward-only passes keep torch's choice)."""
     raw = tiny_recipe(tiny_llama_dir, sst2_small, tmp_path / "run",
                       model={"attn_implementation": "sdpa", "cpu_attention_kernel": kernel},
-                      train={"max_steps": 2, "bf16": False})
+                      train={"max_steps": 2, "bf16": False}, evaluate={"enabled": False})
     raw["data"].update(max_train_samples=32, max_eval_samples=8)
     ops = ops_during_run(raw, tmp_path)
     assert "aten::scaled_dot_product_attention" in ops
@@ -90,10 +93,12 @@ def test_the_kernel_reaches_a_classification_run(kernel, tmp_path, tiny_llama_di
 
 
 def test_math_reaches_a_packed_generative_run(tmp_path, tiny_causal_dir, sst2_small, one_torch_thread, capsys):
-    """Packed, padding-free rows (the packing check included): the check still passes, and flash never runs."""
+    """Packed, padding-free rows with math asked for (not the default there): the packing check runs under math
+    and passes, and flash never runs in training."""
     raw = tiny_recipe(tiny_causal_dir, sst2_small, tmp_path / "run", task="generative_classification",
                       model={"attn_implementation": "sdpa", "cpu_attention_kernel": "math"},
-                      train={"max_steps": 2, "per_device_train_batch_size": 4, "packing": True, "bf16": False})
+                      train={"max_steps": 2, "per_device_train_batch_size": 4, "packing": True, "bf16": False},
+                      evaluate={"enabled": False})
     raw["data"].update(max_train_samples=32, max_eval_samples=8)
     ops = ops_during_run(raw, tmp_path)
     assert "aten::scaled_dot_product_attention" in ops and FLASH_OP not in ops
