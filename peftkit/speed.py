@@ -22,9 +22,11 @@ Measured and ON by default
 * Padding to a multiple of 8 only on CUDA (:func:`collator_pad_multiple`): GPU tensor cores want multiples of 8;
   on CPU it is pure waste (SST-2, batches of 16, length-grouped: 27% of the epoch's positions were padding with
   multiples of 8, 8% without).
-* ``model.cpu_attention_kernel: math`` (CPU only): sdpa's math kernel instead of the flash kernel it picks on
-  CPU, around every forward pass of the Trainer (:mod:`peftkit.attention`). Same attention, another order of
-  operations. Decided in :func:`cpu_attention_kernel`; measurement in benchmarks/README.md.
+* ``model.cpu_attention_kernel: math`` on CPU for padded batches (classification head, distillation, unpacked
+  SFT): sdpa's math kernel instead of the flash kernel it picks on CPU, in the forward of every training step
+  (:mod:`peftkit.attention`). 1.31x useful tok/s on the SmolLM2 head recipe; the same attention (fp32 loss equal
+  to 6e-8). Not for padding-free packed rows (0.82x there: one long row with a block-diagonal mask), and not in
+  evaluation (forward alone, math is slower). Decided in :func:`cpu_attention_kernel`; benchmarks/README.md.
 * Packing with padding-free rows for SFT is decided in ``peftkit.recipe`` (on where the attention keeps packed
   sequences apart) and checked on the real model at the start of each run (``peftkit.packing``).
 

@@ -43,9 +43,10 @@ class ModelSection:
     on CUDA; ``all``: every position (TRL's own behaviour on CPU). Same loss and gradients (to rounding);
     ``learned`` is faster and lighter when little of each row is learned (benchmarks/README.md, issue 18)."""
     cpu_attention_kernel: str | None = None
-    """Training on CPU with sdpa attention: ``math`` runs torch's math sdpa kernel in every forward pass of the
-    Trainer, ``default`` lets torch pick (its flash kernel, slow at short sentences on CPU). Same attention to
-    rounding. None: peftkit's measured default (printed in the "peftkit speed defaults" line). No effect on CUDA."""
+    """Training on CPU with sdpa attention: ``math`` runs torch's math sdpa kernel in the forward of every training
+    step, ``default`` lets torch pick (its flash kernel, whose backward is slow at short sentences on CPU). Same
+    attention to rounding; evaluation always keeps torch's choice. None: peftkit's measured default, math for
+    padded batches and default for packed rows (printed in the "peftkit speed defaults" line). No effect on CUDA."""
 
 
 @dataclass
