@@ -73,10 +73,12 @@ def pick_rows(rows: dict[str, list], fraction: float, exact: int | None, rng: ra
     all of them (``exact``: then trimmed or topped up at random to exactly that many)."""
     n = len(next(iter(rows.values())))
     labels = rows.get("label")
+    keep = 1 if exact is None else 0  # carved from the training rows: leave each class (or the split) one row
     if labels is None:
         order = list(range(n))
         rng.shuffle(order)
-        return order[:min(max(1, int(n * fraction)) if exact is None else exact, n - (exact is None))], "random rows"
+        size = max(1, int(n * fraction)) if exact is None else exact
+        return order[:min(size, n - keep)], "random rows"
     chosen: list[int] = []
     by_class: dict[Any, list[int]] = defaultdict(list)
     for i, label in enumerate(labels):
@@ -84,7 +86,7 @@ def pick_rows(rows: dict[str, list], fraction: float, exact: int | None, rng: ra
     for label in sorted(by_class):
         members = by_class[label][:]
         rng.shuffle(members)
-        take = min(max(1, round(len(members) * fraction)), len(members) - (exact is None))
+        take = min(max(1, round(len(members) * fraction)), len(members) - keep)
         chosen += members[:take]
     if exact is not None and len(chosen) != exact:
         taken = set(chosen)
@@ -161,6 +163,7 @@ def selection_report(recipe: Recipe, trainer, validation_rows: int, eval_source:
     return {
         "split": VALIDATION,
         "rows": validation_rows,
+        "from": recipe.selection.validation_from,
         "how": f"{validation_origin(recipe.selection)}, stratified by label, seed {recipe.seed}; never the eval file",
         "metric": metric,
         "best_checkpoint": Path(best).name if best else None,
@@ -187,7 +190,7 @@ def describe(report: dict[str, Any]) -> str:
     metric = report["metric"]
     best = report.get(f"best_validation_{metric}")
     stopped = ", stopped early" if report["early_stopped"] else ""
-    origin = "outside the training sample" if "outside" in report.get("how", "") else "carved from train"
+    origin = "outside the training sample" if report.get("from") == "unused_rows" else "carved from train"
     return (f"model selected on the validation split ({report['rows']} rows {origin}): "
             f"{report['best_checkpoint']} with validation {metric} "
             f"{best if best is None else round(best, 4)}{stopped}; evaluated once on the eval file "
