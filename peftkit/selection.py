@@ -41,19 +41,27 @@ def carve_validation(splits: dict[str, dict[str, list]], reports: dict, selectio
         raise PeftkitError(f"selection.validation_from: unused_rows: {reports['train'].source} has no rows outside "
                            f"the {n_train:,}-row training sample (data.max_train_samples); lower "
                            "data.max_train_samples or use selection.validation_from: training_rows")
-    n_pool = len(next(iter(pool.values())))
+    eligible = long_enough(pool, selection.validation_min_words)
+    n_pool = len(eligible)
     wanted = selection.validation_rows or round(selection.validation_fraction * n_train)
+    if selection.validation_min_words and wanted > n_pool:
+        raise PeftkitError(f"selection.validation_min_words {selection.validation_min_words}: only {n_pool:,} rows "
+                           f"of {reports['train'].source} that validation may draw from have that many words, "
+                           f"{wanted:,} wanted: lower selection.validation_min_words or the validation size")
     if from_unused and wanted > n_pool:
         raise PeftkitError(f"selection asks for {wanted:,} validation rows but only {n_pool:,} training-file rows lie "
                            "outside the training sample: lower selection.validation_rows (or the fraction) or "
                            "data.max_train_samples")
-    if not from_unused and wanted >= n_pool:
+    if not from_unused and wanted >= n_train:
         raise PeftkitError(f"selection.validation_rows {wanted:,} would leave no training rows (the training split "
-                           f"has {n_pool:,}): lower it")
-    fraction = selection.validation_fraction if selection.validation_rows is None and not from_unused \
-        else wanted / n_pool
-    chosen, how = pick_rows(pool, fraction, wanted if from_unused else None, random.Random(seed))
-    held = set(chosen)
+                           f"has {n_train:,}): lower it")
+    exact = from_unused or bool(selection.validation_min_words)
+    fraction = selection.validation_fraction if selection.validation_rows is None and not exact else wanted / n_pool
+    candidates = {k: [v[i] for i in eligible] for k, v in pool.items()}
+    chosen, how = pick_rows(candidates, fraction, wanted if exact else None, random.Random(seed))
+    held = {eligible[i] for i in chosen}
+    if selection.validation_min_words:
+        how += f", rows of at least {selection.validation_min_words} words"
     pick = lambda rows, idx: {k: [v[i] for i in idx] for k, v in rows.items()}  # noqa: E731
     splits[VALIDATION] = pick(pool, sorted(held))
     if from_unused:
@@ -61,11 +69,23 @@ def carve_validation(splits: dict[str, dict[str, list]], reports: dict, selectio
     else:
         splits["train"] = pick(train, [i for i in range(n_train) if i not in held])
         reports["train"].rows_used = n_train - len(held)
+        lost = set(train.get("label", [])) - set(splits["train"].get("label", []))
+        if lost:
+            raise PeftkitError(f"the validation split took every training row of class id(s) {sorted(lost)}: lower "
+                               "selection.validation_rows / validation_fraction or selection.validation_min_words")
         where = (f"{selection.validation_fraction:.0%} of the training rows" if selection.validation_rows is None
                  else f"{len(held):,} of the training rows")
     reports[VALIDATION] = report_class(
         source=f"{reports['train'].source} (validation: {where}, {how}, seed {seed})",
         rows_read=len(held), rows_used=len(held))
+
+
+def long_enough(rows: dict[str, list], min_words: int | None) -> list[int]:
+    """Indices of the rows validation may draw from: all, or those whose "text" has at least min_words words."""
+    n = len(next(iter(rows.values())))
+    if not min_words:
+        return list(range(n))
+    return [i for i, text in enumerate(rows["text"]) if len(str(text).split()) >= min_words]
 
 
 def pick_rows(rows: dict[str, list], fraction: float, exact: int | None, rng: random.Random) -> tuple[list[int], str]:
@@ -177,10 +197,14 @@ def selection_report(recipe: Recipe, trainer, validation_rows: int, eval_source:
 
 def validation_origin(selection) -> str:
     if selection.validation_from == "unused_rows":
-        return "training-file rows outside the training sample (data.max_train_samples)"
-    if selection.validation_rows is not None:
-        return f"{selection.validation_rows} of the training rows"
-    return f"{selection.validation_fraction:.0%} of the training rows"
+        origin = "training-file rows outside the training sample (data.max_train_samples)"
+    elif selection.validation_rows is not None:
+        origin = f"{selection.validation_rows} of the training rows"
+    else:
+        origin = f"{selection.validation_fraction:.0%} of the training rows"
+    if selection.validation_min_words:
+        origin += f" of at least {selection.validation_min_words} words"
+    return origin
 
 
 def describe(report: dict[str, Any]) -> str:

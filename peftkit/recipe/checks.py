@@ -277,6 +277,13 @@ def validate_validation_size(recipe: Recipe, fail: typing.Callable[[str], typing
     if s.validation_from == "unused_rows" and not s.enabled:
         fail("'selection.validation_from: unused_rows' needs a validation size: set 'selection.validation_rows' "
              "(e.g. 2000) or 'selection.validation_fraction'")
+    if s.validation_min_words is not None:
+        if s.validation_min_words < 1 or not s.enabled:
+            fail(f"'selection.validation_min_words' must be a positive number of words and needs a validation size "
+                 f"('selection.validation_rows' or 'validation_fraction'), got {s.validation_min_words}")
+        if recipe.task not in ("classification", "generative_classification"):
+            fail(f"'selection.validation_min_words' needs labelled text rows (task classification or "
+                 f"generative_classification), not task {recipe.task}; remove it")
     if s.validation_from == "unused_rows" and recipe.data.max_train_samples is None:
         fail("'selection.validation_from: unused_rows' draws the validation rows from the training file's rows "
              "outside data.max_train_samples' sample: set 'data.max_train_samples', or use "

@@ -217,6 +217,13 @@ class SelectionSection:
     the training file's rows that data.max_train_samples leaves out, so training keeps every sampled row and the
     validation split can be far larger than a share of a small sample (needs data.max_train_samples); the size is
     validation_rows, or validation_fraction x the training rows."""
+    validation_min_words: int | None = None
+    """Draw validation rows only from rows whose text has at least this many words (split on whitespace); None:
+    any row. For training files that mix short fragments with the kind of text the model will be asked about, so
+    the split that ranks checkpoints and sweep trials looks like that text: GLUE's SST-2 training file holds the
+    phrases of each sentence's parse tree (42.5% have five words or fewer), its dev and test sets whole sentences.
+    Set it from what you know of the data you will predict on, never by trying values against the eval file.
+    Training keeps the short rows (classification and generative_classification tasks)."""
     metric: str | None = None
     """What selects the best checkpoint (and a sweep's best trial): accuracy | macro_f1 | loss. None: macro_f1 for
     classification and generative_classification, loss for sft."""

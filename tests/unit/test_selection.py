@@ -85,11 +85,47 @@ def test_unused_rows_that_are_missing_or_too_few_are_clear_errors():
                          SplitReport, _unused(20, 20))
 
 
+def _mixed_lengths(n: int, prefix: str):
+    """Every third row a long sentence, the rest two-word phrases (like SST-2's training file)."""
+    texts = [f"{prefix} {i} " + ("a long and whole sentence here" if i % 3 == 0 else "") for i in range(n)]
+    return {"text": [t.strip() for t in texts], "label": [i % 2 for i in range(n)]}
+
+
+def test_validation_min_words_draws_only_long_rows_and_training_keeps_the_short_ones():
+    splits = {"train": _mixed_lengths(90, "train")}
+    reports = {"train": SplitReport(source="train.tsv", rows_read=90, rows_used=90)}
+    carve_validation(splits, reports, _sel(validation_rows=12, validation_min_words=5), 0, SplitReport)
+    val, train = splits["validation"], splits["train"]
+    assert len(val["text"]) == 12 and all(len(t.split()) >= 5 for t in val["text"])
+    assert len(train["text"]) == 78 and sum(len(t.split()) >= 5 for t in train["text"]) == 18
+    assert set(val["text"]).isdisjoint(train["text"]) and Counter(val["label"]) == {0: 6, 1: 6}
+    assert "rows of at least 5 words" in reports["validation"].source
+    splits, reports = _split(40, 40)
+    carve_validation(splits, reports, _sel(validation_rows=20, validation_from="unused_rows",
+                                           validation_min_words=5), 0, SplitReport, _mixed_lengths(90, "unused"))
+    assert len(splits["validation"]["text"]) == 20 and len(splits["train"]["text"]) == 80
+    assert all(len(t.split()) >= 5 and t.startswith("unused") for t in splits["validation"]["text"])
+
+
+def test_too_few_long_rows_or_a_class_left_without_training_rows_are_clear_errors():
+    with pytest.raises(PeftkitError, match="only 30 rows .* have that many words, 40 wanted"):
+        splits = {"train": _mixed_lengths(90, "train")}
+        reports = {"train": SplitReport(source="train.tsv", rows_read=90, rows_used=90)}
+        carve_validation(splits, reports, _sel(validation_rows=40, validation_min_words=5), 0, SplitReport)
+    long_negatives = {"text": ["one two three four five"] * 4 + ["short"] * 6, "label": [0] * 4 + [1] * 6}
+    with pytest.raises(PeftkitError, match=r"every training row of class id\(s\) \[0\]"):
+        splits = {"train": long_negatives}
+        reports = {"train": SplitReport(source="train.tsv", rows_read=10, rows_used=10)}
+        carve_validation(splits, reports, _sel(validation_rows=4, validation_min_words=5), 0, SplitReport)
+
+
 @pytest.mark.parametrize("selection, message", [
     ({"validation_rows": 100, "validation_fraction": 0.1}, "not both"),
     ({"validation_rows": 1}, "at least 2"),
     ({"validation_from": "unused_rows"}, "needs a validation size"),
     ({"validation_rows": 100, "validation_from": "unused_rows"}, "set 'data.max_train_samples'"),
+    ({"validation_min_words": 8}, "needs a validation size"),
+    ({"validation_rows": 100, "validation_min_words": 0}, "positive number of words"),
 ])
 def test_validation_size_settings_are_checked_before_any_work(tmp_path, selection, message):
     with pytest.raises(PeftkitError, match=message):
