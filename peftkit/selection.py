@@ -57,12 +57,12 @@ def carve_validation(splits: dict[str, dict[str, list]], reports: dict, selectio
                            f"has {n_train:,}): lower it")
     exact = from_unused or bool(selection.validation_min_words)
     fraction = selection.validation_fraction if selection.validation_rows is None and not exact else wanted / n_pool
-    candidates = {k: [v[i] for i in eligible] for k, v in pool.items()}
+    pick = lambda rows, idx: {k: [v[i] for i in idx] for k, v in rows.items()}  # noqa: E731
+    candidates = pick(pool, eligible) if selection.validation_min_words else pool
     chosen, how = pick_rows(candidates, fraction, wanted if exact else None, random.Random(seed))
     held = {eligible[i] for i in chosen}
     if selection.validation_min_words:
         how += f", rows of at least {selection.validation_min_words} words"
-    pick = lambda rows, idx: {k: [v[i] for i in idx] for k, v in rows.items()}  # noqa: E731
     splits[VALIDATION] = pick(pool, sorted(held))
     if from_unused:
         where = f"{len(held):,} rows outside the {n_train:,}-row training sample"
