@@ -18,8 +18,23 @@ import argparse
 import os
 import time
 
-from common import (MODELS, RESULTS, best_peak, cls_arm, command_line, environment, fmt_mfu, fmt_ratio, matmul_peak,
-                    median_mfu, median_of, peak_line, ratio_stats, run_worker, write_results)
+from common import (
+    MODELS,
+    RESULTS,
+    best_peak,
+    cls_arm,
+    command_line,
+    environment,
+    fmt_mfu,
+    fmt_ratio,
+    matmul_peak,
+    median_mfu,
+    median_of,
+    peak_line,
+    ratio_stats,
+    run_worker,
+    write_results,
+)
 
 # arm -> (recipe overrides, torch threads, what it is)
 ARMS = {

@@ -20,9 +20,25 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (MODELS, RESULTS, arg_threads_help, best_peak, cls_arm, command_line, env_lines, environment,
-                    fmt_mfu, fmt_ratio, interleaved, matmul_peak, median_mfu, median_of, peak_line, ratio_stats,
-                    write_results)
+from common import (
+    MODELS,
+    RESULTS,
+    arg_threads_help,
+    best_peak,
+    cls_arm,
+    command_line,
+    env_lines,
+    environment,
+    fmt_mfu,
+    fmt_ratio,
+    interleaved,
+    matmul_peak,
+    median_mfu,
+    median_of,
+    peak_line,
+    ratio_stats,
+    write_results,
+)
 
 
 def main() -> None:

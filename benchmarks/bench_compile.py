@@ -16,8 +16,20 @@ import argparse
 import math
 import time
 
-from common import (MODELS, RESULTS, arg_threads_help, cls_arm, command_line, env_lines, environment, fmt_ratio,
-                    interleaved, median_of, ratio_stats, write_results)
+from common import (
+    MODELS,
+    RESULTS,
+    arg_threads_help,
+    cls_arm,
+    command_line,
+    env_lines,
+    environment,
+    fmt_ratio,
+    interleaved,
+    median_of,
+    ratio_stats,
+    write_results,
+)
 
 
 def main() -> None:

@@ -2,14 +2,21 @@
 
   python benchmarks/bench_int8_schemes.py runs/bench_small_data/sst2/runs/distill_n500_s1
 """
-import json, os, sys, tempfile
+import json
+import os
+import sys
+import tempfile
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
+
 torch.set_num_threads(1)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from peftkit.student_export import quantize_int8, save_int8, load_int8_student, accuracy, texts_per_second
-from peftkit.runfolder import folder_size
+
+from peftkit.runs.folder import folder_size
+from peftkit.tasks.distillation.student import accuracy, load_int8_student, quantize_int8, save_int8, texts_per_second
+
 run = Path(sys.argv[1])
 lines = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv".read_text().splitlines()[1:]
 texts = [l.split("\t")[0] for l in lines]; labels = [int(l.split("\t")[1]) for l in lines]

@@ -23,7 +23,7 @@ from common import REPO, command_line, environment, write_results
 
 
 def load(recipe_path: str, validation: float, eval_texts: int, run_dir: str | None):
-    from peftkit.model import load_trained_causal_lm, load_tokenizer, local_path, resolve_model_source
+    from peftkit.model.base import load_tokenizer, load_trained_causal_lm, local_path, resolve_model_source
     from peftkit.recipe import load_recipe
     from peftkit.tasks import causal
 
@@ -52,9 +52,9 @@ def main() -> None:
     a = p.parse_args()
     import torch
 
-    from peftkit.evaluate import classification_metrics
-    from peftkit.generative import label_scoring
-    from peftkit.label_scoring import LABEL_SCORES, apply_label_score, summed_label_scores
+    from peftkit.evaluation.causal import label_scoring
+    from peftkit.evaluation.label_scoring import LABEL_SCORES, apply_label_score, summed_label_scores
+    from peftkit.evaluation.metrics import classification_metrics
 
     torch.set_num_threads(a.threads)
     started, uptime_before = time.time(), os.popen("uptime").read().strip()

@@ -39,11 +39,11 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from transformers import DataCollatorWithPadding, set_seed
 
-    from peftkit.adapters import attach_adapter
-    from peftkit.data import load_classification_data, tokenize_split
-    from peftkit.model import load_classifier, load_tokenizer, local_path
+    from peftkit.data.classification import load_classification_data, tokenize_split
+    from peftkit.model.adapter import attach_adapter
+    from peftkit.model.base import load_classifier, load_tokenizer, local_path
     from peftkit.recipe import load_recipe
-    from peftkit.speed import EpochSeededLengthGroupedSampler, cpu_has_native_bf16
+    from peftkit.trainer.speed import EpochSeededLengthGroupedSampler, cpu_has_native_bf16
 
     started = time.time()
     env = environment(a.threads)

@@ -6,7 +6,7 @@ One SmolLM2-135M-Instruct base model (no adapter: evaluation after training scor
 add their own small cost to both arms), the first N prompts of each recipe's eval file, rendered exactly as
 `peftkit evaluate` renders them. Arms, timed in rotating order within each round:
 
-  today          peftkit/generative.py as of commit 51ed3c3 (benchmarks/scoring_baseline.py, a verbatim copy):
+  today          peftkit/evaluation/causal.py as of commit 51ed3c3 (benchmarks/scoring_baseline.py, a verbatim copy):
                  prompts once with a key/value cache, then one forward pass per label on a deep copy of the cache
   one-pass       the new scoring in float32: all labels' continuations in one forward pass over the cache repeated
                  along the batch, no copies, under inference_mode
@@ -34,7 +34,7 @@ ARMS = {"today": ("baseline", 32, False), "one-pass": ("new", 32, False), "one-p
 
 def prepared(recipe_path: str, texts: int):
     """(model, encoder, prompts, label words, chat, gold labels) as peftkit evaluate would have them."""
-    from peftkit.model import load_tokenizer, local_path, resolve_model_source
+    from peftkit.model.base import load_tokenizer, local_path, resolve_model_source
     from peftkit.recipe import load_recipe
     from peftkit.tasks import causal
 
@@ -52,7 +52,7 @@ def prepared(recipe_path: str, texts: int):
 def score(arm: str, model, encoder, prompts, words, chat):
     import scoring_baseline
 
-    from peftkit.label_scoring import LabelScoring, score_labels
+    from peftkit.evaluation.label_scoring import LabelScoring, score_labels
 
     kind, batch, bf16 = ARMS[arm]
     started = time.perf_counter()

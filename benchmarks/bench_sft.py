@@ -40,13 +40,29 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import yaml
 from typing import Any
 
-from common import (REPO, RESULTS, SST2_DEV, SST2_TRAIN, arg_threads_help, best_peak, command_line, env_lines,
-                    environment, fmt_mfu, fmt_ratio, matmul_peak, median_mfu, median_of, peak_line, ratio_stats,
-                    run_worker, write_results)
+import yaml
+from common import (
+    REPO,
+    RESULTS,
+    SST2_DEV,
+    SST2_TRAIN,
+    arg_threads_help,
+    best_peak,
+    command_line,
+    env_lines,
+    environment,
+    fmt_mfu,
+    fmt_ratio,
+    matmul_peak,
+    median_mfu,
+    median_of,
+    peak_line,
+    ratio_stats,
+    run_worker,
+    write_results,
+)
 
 MODEL = "packaged:smollm2-135m-instruct"
 GEN_RECIPE = "recipes/sst2/smollm2_lora_gen.yaml"
@@ -84,7 +100,7 @@ def run_llamafactory(examples: int, threads: int, log_dir: Path) -> dict[str, An
 
     train_rows, _ = sft_examples({"train_file": os.path.relpath(SST2_TRAIN, REPO),
                                   "eval_file": os.path.relpath(SST2_DEV, REPO), "max_train_samples": examples})
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     with tempfile.TemporaryDirectory(prefix="peftkit-bench-lf-") as tmp:
         tmp = Path(tmp)

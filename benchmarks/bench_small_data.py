@@ -122,11 +122,11 @@ def doubled(train_file: Path, ds: dict) -> Path:
 def speed(work: Path, ds: dict, size: int, seed: int) -> dict:
     """Teacher vs float vs int8 student, texts/s on the dev texts, alternating, in this process (1 thread)."""
     import torch
-
-    from peftkit.runfolder import load_run
-    from peftkit.student_export import load_int8_student
-    from peftkit.teacher import load_teacher, softmax_in_batches
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftkit.inference.teacher import load_teacher, softmax_in_batches
+    from peftkit.runs.read import load_run
+    from peftkit.tasks.distillation.student import load_int8_student
 
     torch.set_num_threads(1)
     texts = [line.split("\t")[0] for line in ds["eval"].read_text(encoding="utf-8").splitlines()[1:]][:256]

@@ -28,7 +28,7 @@ def sst2_rows() -> list[tuple[str, int]]:
 def loss_and_grads(model, batch: dict, kernel: str, bf16: bool):
     import torch
 
-    from peftkit.attention import attention_kernel
+    from peftkit.trainer.attention import attention_kernel
 
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), attention_kernel(kernel, "cpu"):
@@ -55,7 +55,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     torch.set_num_threads(1)
     started = time.time()

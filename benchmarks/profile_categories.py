@@ -17,7 +17,8 @@ number of labels would be ambiguous; SmolLM2 (576 hidden, rank 16, 2 labels, 49,
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 # the order of the table, and what each category means (written under the table)
 CATEGORIES = {

@@ -21,9 +21,10 @@ def replay_batches(spec: dict[str, Any]) -> dict[str, Any]:
     """(useful tokens, padded positions) of the first ``spec['batches']`` training batches of a config, collated
     through the Trainer's own data loader without training: the batch order is seeded, so these are the batches a
     profiled run trained. Used by --retabulate to re-derive a finished run's window tokens."""
+    from worker import CountingCollator, peftkit_recipe
+
     import peftkit.run as run_mod
     from peftkit.tasks import task_for
-    from worker import CountingCollator, peftkit_recipe
 
     recipe = peftkit_recipe(spec)
     module = task_for(recipe.task)

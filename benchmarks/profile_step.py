@@ -30,8 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from profile_categories import (CATEGORIES, CLIP_RANGE, DATA_RANGE, FORWARD_RANGE,  # noqa: E402
-                                breakdown, categorise, matmul_shapes)
+from profile_categories import CATEGORIES, CLIP_RANGE, DATA_RANGE, FORWARD_RANGE, breakdown, categorise, matmul_shapes  # noqa: E402
 
 RECIPES = {"cls": "recipes/sst2/smollm2_lora_cls.yaml", "gen": "recipes/sst2/smollm2_lora_gen.yaml"}
 # m x k x n products of these steps (tokens x hidden x out), and the 2048^3 best case: the efficiency curve
@@ -106,10 +105,11 @@ def records_of(prof) -> list[dict[str, Any]]:
 
 
 def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
-    import peftkit.run as run_mod
     from mfu import matmul_peak
-    from peftkit.tasks import task_for
     from worker import peftkit_recipe
+
+    import peftkit.run as run_mod
+    from peftkit.tasks import task_for
 
     recipe = peftkit_recipe(spec)
     module = task_for(recipe.task)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from peftkit.evaluate import classification_metrics
-from peftkit.progress import map_in_chunks
-from peftkit.sft_data import IGNORE, CausalData, completion_part
-from peftkit.sft_encode import Encoded, Encoder
+from peftkit.core.progress import map_in_chunks
+from peftkit.data.causal import IGNORE, CausalData, completion_part
+from peftkit.data.causal_encode import Encoded, Encoder
+from peftkit.evaluation.metrics import classification_metrics
 
 SCORING = "sum of the label completion's token log-probabilities (EOS included)"
 

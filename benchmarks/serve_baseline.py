@@ -24,7 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 def base_folder(name: str) -> str:
     """The base model's folder (packaged models resolve to the same files peftkit loads)."""
     if name.startswith("packaged:"):
-        from peftkit.packaged import resolve_model_path
+        from peftkit.model.packaged import resolve_model_path
 
         return resolve_model_path(name)
     return name

@@ -364,11 +364,17 @@ def run_hf_cls(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     from datasets import Dataset
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
-    from peftkit.data import load_classification_data
-    from peftkit.packaged import resolve_model_path
+    from peftkit.data.classification import load_classification_data
+    from peftkit.model.packaged import resolve_model_path
     from peftkit.recipe import load_recipe
 
     recipe = load_recipe(REPO / spec["recipe"], spec.get("overrides", []))
@@ -430,7 +436,7 @@ def run_hf_cls(spec: dict[str, Any]) -> dict[str, Any]:
 
 def sft_examples(spec: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     """SST-2 as prompt/completion pairs (the same prompt and label words as peftkit's generative recipe)."""
-    from peftkit.data import load_classification_data
+    from peftkit.data.classification import load_classification_data
     from peftkit.recipe import DataSection
 
     section = DataSection(train_file=str(REPO / spec["train_file"]), eval_file=str(REPO / spec["eval_file"]),
@@ -454,7 +460,7 @@ def run_trl_sft(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     set_seed(42)
     started = time.perf_counter()

@@ -8,8 +8,8 @@ import signal
 import sys
 
 from peftkit import __version__
+from peftkit.core.atomic import storage_error
 from peftkit.errors import PeftkitError, RunStopped
-from peftkit.io import storage_error
 
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
@@ -23,8 +23,8 @@ def _terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peftkit import quiet
-    from peftkit.progress import quiet_library_bars_in_logs
+    from peftkit.core import quiet
+    from peftkit.core.progress import quiet_library_bars_in_logs
 
     quiet_library_bars_in_logs()  # before transformers is imported: no tqdm redraws in log files
     # before the parser is built: building it imports the push command, hence transformers and bitsandbytes
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peftkit: {e}", file=sys.stderr)
         return e.exit_code
     except Terminated:
-        from peftkit.console import current_stage
+        from peftkit.core.console import current_stage
 
         print(f"peftkit: stopped by SIGTERM while {current_stage()}; nothing was left half-written. Run the same "
               "command again (a train run with checkpoints continues with --resume)", file=sys.stderr)
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.set_defaults(func=cmd_merge)
     add_merge_adapters_parser(sub)
 
-    from peftkit.push import add_push_parser
+    from peftkit.push.hub import add_push_parser
 
     add_push_parser(sub)
 
@@ -258,14 +258,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from peftkit.sweep import sweep_command
+    from peftkit.sweep.driver import sweep_command
 
     return sweep_command(args.recipe, list(args.overrides), worker_index=args.worker_index,
                          report_only=args.report_only)
 
 
 def cmd_augment(args) -> int:
-    from peftkit.augment import augment_command
+    from peftkit.augment.rows import augment_command
 
     augment_command(args.recipe, list(args.overrides), args.out)
     return 0
@@ -273,7 +273,7 @@ def cmd_augment(args) -> int:
 
 def cmd_validate(args) -> int:
     from peftkit.recipe import load_recipe
-    from peftkit.validate import check_recipe_inputs
+    from peftkit.run import check_recipe_inputs
 
     if args.recipe is None or ("=" in args.recipe and not os.path.exists(args.recipe)):
         raise PeftkitError("validate needs a recipe file: peftkit validate RECIPE.yaml [section.key=value ...]")
@@ -290,7 +290,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from peftkit.merge import merge_run
+    from peftkit.merge.into_base import merge_run
 
     merge_run(args.run_dir, args.out, dtype=args.dtype, base=args.base, verify_samples=args.verify_samples,
               max_accuracy_drop=args.max_accuracy_drop)
@@ -315,14 +315,14 @@ def add_merge_adapters_parser(sub) -> None:
 
 
 def cmd_merge_adapters(args) -> int:
-    from peftkit.merge_adapters import merge_adapters
+    from peftkit.merge.adapters import merge_adapters
 
     merge_adapters(args.run_dirs, args.out, args.method, args.weights, args.density, args.seed)
     return 0
 
 
 def cmd_init(args) -> int:
-    from peftkit.init_recipe import init_recipe
+    from peftkit.init.recipe_writer import init_recipe
 
     _, summary = init_recipe(args.data_file, eval_file=args.eval, model=args.model, task=args.task, out=args.out,
                              text_column=args.text_column, label_column=args.label_column, header=args.header,
@@ -332,7 +332,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from peftkit.generate import generate
+    from peftkit.serve.generate import generate
 
     print(generate(args.run_dir, args.prompt, args.max_new_tokens, raw=args.raw))
     return 0

@@ -1,4 +1,5 @@
-"""`peftkit train`: the one checklist every task goes through.
+"""`peftkit train`, `validate` and `evaluate`: the one checklist every task goes through, its cheap half, and
+the evaluation of a finished run.
 
 What differs between tasks (their data, model, trainer, evaluation and model card) lives in one module per
 task under ``peftkit/tasks``; this file is the order of the stages and nothing else.
@@ -7,25 +8,46 @@ task under ``peftkit/tasks``; this file is the order of the stages and nothing e
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from peftkit.adapters import attach_adapter, parameter_counts, save_adapter
-from peftkit.console import say, set_stage
-from peftkit.distributed import check_launch
-from peftkit.io import write_json_atomic
-from peftkit.model import load_tokenizer, local_path, resolve_model_source
-from peftkit.model_check import check_positions, check_recipe_against_model
-from peftkit.quantize import prepare_for_training
-from peftkit.recipe import Recipe, checkpointing_enabled
-from peftkit.runfolder import (ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, finish_run_folder, load_run, open_run_dir,
-                               replace_previous_run, resume_point, save_run_files)
-from peftkit.selection import describe as describe_selection
-from peftkit.selection import selection_callbacks, selection_report, validation_rows
-from peftkit.summary import losses_before, summary
+from peftkit.core.atomic import write_json_atomic
+from peftkit.core.console import say, set_stage
+from peftkit.data.classification import format_report, load_classification_data
+from peftkit.model.adapter import attach_adapter, parameter_counts, save_adapter
+from peftkit.model.base import load_tokenizer, local_path, resolve_model_source
+from peftkit.model.check import (
+    check_positions,
+    check_recipe_against_model,
+    checkable_folder,
+)
+from peftkit.model.quantize import prepare_for_training
+from peftkit.model.transfer import check_init_from
+from peftkit.recipe import CAUSAL_TASKS, Recipe, checkpointing_enabled
+from peftkit.runs.folder import (
+    finish_run_folder,
+    open_run_dir,
+    replace_previous_run,
+    resume_point,
+    save_run_files,
+)
+from peftkit.runs.layout import ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE
+from peftkit.runs.read import load_run
 from peftkit.tasks import task_for
-from peftkit.transfer import check_init_from
-from peftkit.training import skipped_batches, train_until_done_or_signalled, warn_if_almost_nothing
+from peftkit.trainer.launch import check_launch
+from peftkit.trainer.loop import (
+    skipped_batches,
+    train_until_done_or_signalled,
+    warn_if_almost_nothing,
+)
+from peftkit.trainer.selection import describe as describe_selection
+from peftkit.trainer.selection import (
+    selection_callbacks,
+    selection_report,
+    validation_rows,
+)
+from peftkit.trainer.summary import losses_before, summary
 
 
 def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[str, Any]:
@@ -104,3 +126,74 @@ def evaluate_saved_run(run_dir: str | Path, data_file: str | None = None) -> dic
     """`peftkit evaluate`: a run folder's adapter on its eval split, or on another file."""
     run_dir, recipe = load_run(run_dir)
     return task_for(recipe.task).evaluate_run(run_dir, recipe, data_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# `peftkit validate`: every check that does not need a model, including reading the data
+# ---------------------------------------------------------------------------------------------
+
+
+def check_recipe_inputs(recipe: Recipe) -> str:
+    """Raise PeftkitError on the first problem; return a short summary when all is well."""
+    source = resolve_model_source(recipe.model)
+    if recipe.task == "multitask":  # each task audited as its own generative_classification recipe
+        from peftkit.tasks.multitask import sub_recipe
+
+        data_report, labels = "\n".join(f"task {t.name}: {audit_causal_data(sub_recipe(recipe, i))}"
+                                         for i, t in enumerate(recipe.tasks)), None
+    elif recipe.task in CAUSAL_TASKS:
+        data_report, labels = audit_causal_data(recipe), None
+    else:
+        data = load_classification_data(recipe.data, recipe.seed)
+        data_report, labels = format_report(data), len(data.label_names)
+        if recipe.task == "distillation":
+            data_report += "\n" + check_distillation_inputs(recipe, data.label_names)
+    # the model built from its config on the meta device: target modules, positions, weights vs config
+    check_recipe_against_model(recipe, checkable_folder(recipe), labels)
+    check_init_from(recipe)
+    quant = ("4-bit " + recipe.quantization.bnb_4bit_quant_type if recipe.quantization.load_in_4bit
+             else "8-bit" if recipe.quantization.load_in_8bit else "none")
+    return "\n".join([
+        f"recipe OK: {recipe.source}",
+        f"task: {recipe.task}; model: {source}; quantization: {quant}; "
+        f"adapter: {'DoRA' if recipe.adapter.use_dora else 'LoRA'} r={recipe.adapter.r}",
+        data_report,
+        f"output_dir: {recipe.output_dir}",
+    ])
+
+
+def check_distillation_inputs(recipe: Recipe, label_names: list[str]) -> str:
+    """The teacher run folder (a classification run with these labels) and the unlabelled file's text column."""
+    from peftkit.inference.teacher import open_teacher
+    from peftkit.tasks.distillation import read_unlabelled
+
+    teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, label_names, "distill.teacher")
+    unlabelled = read_unlabelled(recipe)
+    return (f"teacher: {teacher_dir} ({teacher_recipe.task}); unlabelled: {len(unlabelled)} rows"
+            + (f" from {recipe.distill.unlabelled_file}" if unlabelled else ""))
+
+
+def audit_causal_data(recipe: Recipe) -> str:
+    """Causal-LM data read and tokenized as training will (the tokenizer, not the model): what truncation drops."""
+    from peftkit.data.causal import format_causal_report, load_causal_data
+    from peftkit.data.causal_encode import prepare_examples, truncation_length
+    from peftkit.model.base import load_tokenizer
+
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    prepare_examples(recipe, tokenizer, causal)
+    report = format_causal_report(causal, truncation_length(recipe))
+    if causal.label_words:
+        report += "\n" + label_word_tokens(tokenizer, causal.label_names, causal.label_words)
+    return report
+
+
+def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
+    """How many tokens each label word is (label scoring sums their log-probabilities: see peftkit/evaluation/causal.py)."""
+    counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
+    line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
+                                             zip(label_names, label_words, counts))
+    if len(set(counts)) > 1:
+        line += (" (lengths differ: evaluate.label_score says how they are made comparable: sum, mean or "
+                 "calibrated; see recipes/README.md)")
+    return line

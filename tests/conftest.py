@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def minilm_tokenizer_dir() -> str:
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     return resolve_model_path("packaged:all-minilm-l6-v2")
 

@@ -72,16 +72,16 @@ def install_nan_steps(steps: set[int], rank: int | None) -> None:
 
 
 def install_slow_load(signal_file: str) -> None:
-    import peftkit.model
+    import peftkit.model.base
 
-    real_load = peftkit.model._load_model
+    real_load = peftkit.model.base._load_model
 
     def slow_load(*args, **kwargs):
         Path(signal_file).write_text("loading")
         time.sleep(120)
         return real_load(*args, **kwargs)
 
-    peftkit.model._load_model = slow_load
+    peftkit.model.base._load_model = slow_load
 
 
 def main() -> int:

@@ -70,7 +70,7 @@ class HubState:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_StubServer"
+    server: _StubServer
 
     def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
         pass
@@ -204,7 +204,7 @@ class HubStub:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="hub-stub", daemon=True
         )
 
-    def __enter__(self) -> "HubStub":
+    def __enter__(self) -> HubStub:
         self._thread.start()
         return self
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peftkit.guards import COMPLETE_MARKER
+from peftkit.trainer.guards import COMPLETE_MARKER
 from tests.conftest import REPO, tiny_recipe, write_recipe
 
 HOOKED = REPO / "tests" / "hooked_peftkit.py"

@@ -33,7 +33,7 @@ CHATML_GENERATION_TEMPLATE = (
 
 
 def smollm2_dir() -> str:
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     return resolve_model_path("packaged:smollm2-135m-instruct")
 

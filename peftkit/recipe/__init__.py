@@ -9,9 +9,38 @@ The ``train`` section is not redeclared here: its keys are ``transformers.Traini
 """
 
 from peftkit.recipe.checks import check_template, validate, validate_causal
-from peftkit.recipe.loading import (apply_override, build_section, build_train, coerce, describe, load_recipe,
-                                    parse_yaml_mapping, read_yaml, recipe_from_dict, reject_unknown, training_argument_fields)
-from peftkit.recipe.sections import (CAUSAL_TASKS, DTYPES, EXACT_PACKING_ATTENTION, SECTIONS, SFT_FORMATS,
-                                     SFT_TRAIN_DEFAULTS, SFT_TRAIN_RESERVED, TASKS, TOP_LEVEL, TRAIN_DEFAULTS,
-                                     TRAIN_RESERVED, AdapterSection, DataSection, EvaluateSection, MergeSection,
-                                     ModelSection, QuantizationSection, Recipe, SafetySection, checkpointing_enabled)
+from peftkit.recipe.loading import (
+                                    apply_override,
+                                    build_section,
+                                    build_train,
+                                    coerce,
+                                    describe,
+                                    load_recipe,
+                                    parse_yaml_mapping,
+                                    read_yaml,
+                                    recipe_from_dict,
+                                    reject_unknown,
+                                    training_argument_fields,
+)
+from peftkit.recipe.sections import (
+                                    CAUSAL_TASKS,
+                                    DTYPES,
+                                    EXACT_PACKING_ATTENTION,
+                                    SECTIONS,
+                                    SFT_FORMATS,
+                                    SFT_TRAIN_DEFAULTS,
+                                    SFT_TRAIN_RESERVED,
+                                    TASKS,
+                                    TOP_LEVEL,
+                                    TRAIN_DEFAULTS,
+                                    TRAIN_RESERVED,
+                                    AdapterSection,
+                                    DataSection,
+                                    EvaluateSection,
+                                    MergeSection,
+                                    ModelSection,
+                                    QuantizationSection,
+                                    Recipe,
+                                    SafetySection,
+                                    checkpointing_enabled,
+)

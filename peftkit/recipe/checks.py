@@ -12,7 +12,6 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe.sections import CAUSAL_TASKS, DTYPES, SFT_FORMATS, TASKS, DataSection, Recipe
 
 
-
 def validate(recipe: Recipe) -> None:
     where = recipe.source or "<recipe>"
     m, q, a, d, t = recipe.model, recipe.quantization, recipe.adapter, recipe.data, recipe.train

@@ -15,10 +15,19 @@ import yaml
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe.checks import validate
-from peftkit.recipe.sections import (EXACT_PACKING_ATTENTION, SECTIONS, SFT_CONFIG_TASKS, SFT_TRAIN_DEFAULTS,
-                                     SFT_TRAIN_RESERVED, TOP_LEVEL, TRAIN_DEFAULTS, TRAIN_RESERVED, DataSection, Recipe,
-                                     SubTask)
-
+from peftkit.recipe.sections import (
+    EXACT_PACKING_ATTENTION,
+    SECTIONS,
+    SFT_CONFIG_TASKS,
+    SFT_TRAIN_DEFAULTS,
+    SFT_TRAIN_RESERVED,
+    TOP_LEVEL,
+    TRAIN_DEFAULTS,
+    TRAIN_RESERVED,
+    DataSection,
+    Recipe,
+    SubTask,
+)
 
 
 def load_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> Recipe:

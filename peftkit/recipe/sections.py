@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 TASKS = ("classification", "sft", "generative_classification", "distillation", "multitask")
 CAUSAL_TASKS = ("sft", "generative_classification")
@@ -77,10 +77,10 @@ class AdapterSection:
     """Rank: higher gives more capacity and memory."""
     lora_alpha: float = 32
     lora_dropout: float = 0.05
-    target_modules: Union[str, list[str]] = "all-linear"
+    target_modules: str | list[str] = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
-    init_lora_weights: Union[bool, str] = True
+    init_lora_weights: bool | str = True
     """True (Kaiming/zeros) | false | gaussian | pissa | olora | loftq | eva ..."""
     modules_to_save: list[str] | None = None
     """Extra fully-trained modules. The classification head is always added."""
@@ -394,7 +394,7 @@ TRAIN_RESERVED = {
     "hub_token": "secrets never go in a recipe: set HF_TOKEN in the environment or run `hf auth login`",
 }
 # Defaults for trl.SFTConfig (causal-LM tasks) on top of TRAIN_DEFAULTS. TRL's own defaults turn on bf16 and
-# gradient checkpointing; peftkit decides precision the same way for every task (peftkit/speed.py: bf16 autocast
+# gradient checkpointing; peftkit decides precision the same way for every task (peftkit/trainer/speed.py: bf16 autocast
 # only where measured to pay off) and keeps checkpointing opt-in, off through its transformers 5 name
 # (activation_checkpointing) unless the recipe names either spelling; `packing` follows the attention implementation.
 SFT_TRAIN_DEFAULTS: dict[str, Any] = {}

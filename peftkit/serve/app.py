@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import time
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,11 +14,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StrictStr
 from starlette.exceptions import HTTPException
 
+from peftkit.inference.forward import Forward, classify_generative, classify_head, generate
+from peftkit.inference.runs import ServedRun
 from peftkit.serve.batcher import Batcher, Job
 from peftkit.serve.common import ApiError, Limits, pick_run, run_job  # noqa: F401 (Limits: the app's API)
-from peftkit.serve.inference import Forward, classify_generative, classify_head, generate
 from peftkit.serve.metrics import Metrics
-from peftkit.serve.models import ServedRun
 
 PAGE = Path(__file__).with_name("page.html")
 API_KEY_ENV = "PEFTKIT_API_KEY"
@@ -26,8 +26,8 @@ API_KEY_ENV = "PEFTKIT_API_KEY"
 
 class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: Union[StrictStr, None] = None
-    text: Union[StrictStr, list[StrictStr]]
+    model: StrictStr | None = None
+    text: StrictStr | list[StrictStr]
 
 
 def create_app(runs: list[ServedRun], limits: Limits, api_key: str | None = None) -> FastAPI:

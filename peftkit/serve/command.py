@@ -54,13 +54,12 @@ def positive(text: str) -> int:
 
 def cmd_serve(args) -> int:
     try:
-        import uvicorn  # noqa: F401
-
         import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError:
         raise PeftkitError("peftkit serve needs FastAPI and uvicorn: pip install 'peftkit[serve]'") from None
+    from peftkit.inference.runs import load_runs
     from peftkit.serve.app import API_KEY_ENV, Limits, create_app
-    from peftkit.serve.models import load_runs
 
     if args.max_texts > args.max_queue:
         raise PeftkitError(f"--max-texts {args.max_texts} is over --max-queue {args.max_queue}: such requests could "

@@ -8,8 +8,8 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from peftkit.inference.runs import ServedRun
 from peftkit.serve.batcher import Batcher, Job, Overloaded, ShuttingDown
-from peftkit.serve.models import ServedRun
 
 
 @dataclass

@@ -11,36 +11,36 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from peftkit.serve.common import ApiError, pick_run, run_job
+from peftkit.inference.forward import GenerationJob, GenerationResult
+from peftkit.inference.runs import ServedRun
 from peftkit.serve.batcher import Job
-from peftkit.serve.inference import GenerationJob, GenerationResult
-from peftkit.serve.models import ServedRun
+from peftkit.serve.common import ApiError, pick_run, run_job
 
 
 class Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields of their own (user, metadata, ...)
     model: StrictStr
-    max_tokens: Union[StrictInt, None] = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     n: StrictInt = 1
-    seed: Union[StrictInt, None] = None
-    stop: Union[StrictStr, list[StrictStr], None] = None
+    seed: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
     stream: StrictBool = False
     logprobs: Any = None
     tools: Any = None
 
 
 class CompletionRequest(Sampling):
-    prompt: Union[StrictStr, list[StrictStr]]
+    prompt: StrictStr | list[StrictStr]
     echo: StrictBool = False
-    best_of: Union[StrictInt, None] = None
+    best_of: StrictInt | None = None
 
 
 class Message(BaseModel):
@@ -50,7 +50,7 @@ class Message(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Union[StrictInt, None] = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
 
 
 def add_openai_routes(app: FastAPI, guarded: list) -> None:
@@ -120,7 +120,7 @@ async def respond(app: FastAPI, run: ServedRun, body: Sampling, ids: list[int], 
                              headers={"Cache-Control": "no-cache"})
 
 
-async def stream(shape: "Shape", waiting: asyncio.Future, pieces: asyncio.Queue, job: Job):
+async def stream(shape: Shape, waiting: asyncio.Future, pieces: asyncio.Queue, job: Job):
     """SSE events: text pieces as the worker produces them, a last chunk with finish_reason, then [DONE]."""
     try:
         if shape.chat:

@@ -10,29 +10,43 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftkit.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.console import say
-from peftkit.data import evaluation_file, split_size
+from peftkit.core.atomic import write_json_atomic, write_text_atomic
+from peftkit.core.console import say
+from peftkit.data.causal import (
+    DEFAULT_CLASSIFICATION_PROMPT,
+    CausalData,
+    CausalSplitReport,
+    format_causal_report,
+    load_causal_data,
+)
+from peftkit.data.causal_encode import prepare_examples, truncation_length
+from peftkit.data.classification import evaluation_file, split_size
 from peftkit.errors import PeftkitError
-from peftkit.evaluate import format_metrics, write_metrics
-from peftkit.generative import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
-from peftkit.guards import guarded
-from peftkit.imbalance import decide as decide_imbalance
-from peftkit.io import write_json_atomic, write_text_atomic
-from peftkit.lm_head import apply_recipe_choice
-from peftkit.model import load_causal_lm, load_trained_causal_lm
-from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
-from peftkit.quantize import quant_storage_for
+from peftkit.evaluation.causal import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
+from peftkit.evaluation.metrics import format_metrics, write_metrics
+from peftkit.model.base import load_causal_lm, load_trained_causal_lm
+from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.runfolder import CHECKPOINT_DIR, LABEL_MAP_FILE, evaluation_dir, label_names_of
-from peftkit.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
-from peftkit.sft_data import (DEFAULT_CLASSIFICATION_PROMPT, CausalData, CausalSplitReport, format_causal_report,
-                              load_causal_data)
-from peftkit.sft_encode import prepare_examples, truncation_length
-from peftkit.speed import with_seeded_length_grouping
-from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, evaluation_intro, fmt, label_limits, metric_table
+from peftkit.runs.folder import evaluation_dir
+from peftkit.runs.layout import CHECKPOINT_DIR, LABEL_MAP_FILE
+from peftkit.runs.read import label_names_of
+from peftkit.tasks.cards import (
+    AGGREGATE_METRICS,
+    classification_evaluation,
+    evaluation_intro,
+    fmt,
+    label_limits,
+    metric_table,
+)
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.training import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
+from peftkit.trainer.guards import guarded
+from peftkit.trainer.imbalance import decide as decide_imbalance
+from peftkit.trainer.lm_head import apply_recipe_choice
+from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
+from peftkit.trainer.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
+from peftkit.trainer.speed import with_seeded_length_grouping
 
 PEFT_TASK_TYPE = "CAUSAL_LM"
 LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),

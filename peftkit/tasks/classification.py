@@ -10,25 +10,33 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from peftkit.attention import trainer_attention_kernel, with_attention_kernel
-from peftkit.console import say
-from peftkit.data import (ClassificationData, SplitReport, evaluation_file, format_report, load_classification_data,
-                          split_size, tokenize_split)
-from peftkit.distributed import disable_token_count_loss_scaling
-from peftkit.evaluate import classification_metrics, format_metrics, write_metrics
-from peftkit.guards import guarded
-from peftkit.imbalance import decide as decide_imbalance
-from peftkit.imbalance import with_imbalance_handling
-from peftkit.model import load_classifier, load_trained_classifier
-from peftkit.quantize import quant_storage_for
+from peftkit.core.console import say
+from peftkit.core.progress import stderr_is_terminal
+from peftkit.data.classification import (
+    ClassificationData,
+    SplitReport,
+    evaluation_file,
+    format_report,
+    load_classification_data,
+    split_size,
+    tokenize_split,
+)
+from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
+from peftkit.model.base import load_classifier, load_trained_classifier
+from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.progress import stderr_is_terminal
-from peftkit.runfolder import evaluation_dir, label_names_of
-from peftkit.selection import VALIDATION, carve_validation, head_compute_metrics
-from peftkit.speed import collator_pad_multiple, with_seeded_length_grouping
+from peftkit.runs.folder import evaluation_dir
+from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.training import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.attention import trainer_attention_kernel, with_attention_kernel
+from peftkit.trainer.guards import guarded
+from peftkit.trainer.imbalance import decide as decide_imbalance
+from peftkit.trainer.imbalance import with_imbalance_handling
+from peftkit.trainer.launch import disable_token_count_loss_scaling
+from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.selection import VALIDATION, carve_validation, head_compute_metrics
+from peftkit.trainer.speed import collator_pad_multiple, with_seeded_length_grouping
 
 PEFT_TASK_TYPE = "SEQ_CLS"
 
@@ -57,7 +65,7 @@ def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskDat
 def training_arguments(recipe: Recipe, run_dir: Path):
     from transformers import TrainingArguments
 
-    from peftkit.runfolder import CHECKPOINT_DIR
+    from peftkit.runs.layout import CHECKPOINT_DIR
 
     return TrainingArguments(output_dir=str(run_dir / CHECKPOINT_DIR), **trainer_kwargs(recipe, run_dir))
 

@@ -3,7 +3,7 @@
 Each entry of the recipe's ``tasks`` list is a generative_classification task with its own data, labels, prompt
 template and label words (multi-task instruction tuning): its data is read, fitted and audited by
 ``peftkit.tasks.causal`` exactly as a one-task run would (``sub_recipe``), the training examples of all tasks are
-mixed as ``multitask.mixing`` says (``peftkit.mixing``) and trained by one SFTTrainer, and every task is evaluated
+mixed as ``multitask.mixing`` says (``peftkit.data.mixing``) and trained by one SFTTrainer, and every task is evaluated
 separately on its own eval split by label scoring; the run's headline metrics are the unweighted means over tasks.
 
 Run folder: ``recipe.yaml`` (every task's label names written in, so evaluation never re-infers them),
@@ -18,23 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peftkit import mixing
-from peftkit.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.console import say
+from peftkit.core.atomic import write_json_atomic, write_text_atomic
+from peftkit.core.console import say
+from peftkit.data import mixing
+from peftkit.data.causal import CausalData, format_causal_report, load_causal_data
+from peftkit.data.causal_encode import prepare_examples, truncation_length
 from peftkit.errors import PeftkitError
-from peftkit.guards import guarded
-from peftkit.io import write_json_atomic, write_text_atomic
-from peftkit.lm_head import apply_recipe_choice
-from peftkit.model import load_trained_causal_lm
-from peftkit.packing import TokenCounter, batching_plan, check_packing_exact
+from peftkit.model.base import load_trained_causal_lm
 from peftkit.recipe import Recipe
-from peftkit.sft_data import CausalData, format_causal_report, load_causal_data
-from peftkit.sft_encode import prepare_examples, truncation_length
-from peftkit.speed import with_seeded_length_grouping
 from peftkit.tasks import causal
 from peftkit.tasks.cards import AGGREGATE_METRICS, evaluation_intro, fmt
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.training import run_callbacks, set_guard_policy
+from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
+from peftkit.trainer.guards import guarded
+from peftkit.trainer.lm_head import apply_recipe_choice
+from peftkit.trainer.loop import run_callbacks, set_guard_policy
+from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
+from peftkit.trainer.speed import with_seeded_length_grouping
 
 PEFT_TASK_TYPE = "CAUSAL_LM"
 TASKS_DIR = "tasks"

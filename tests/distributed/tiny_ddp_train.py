@@ -34,12 +34,8 @@ from torch.utils.data import Dataset
 from transformers import AutoModelForSequenceClassification, LlamaConfig, Trainer, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's peftkit, installed or not
-from peftkit.distributed import (  # noqa: E402
-    adjust_training_args_for_launch,
-    check_launch,
-    disable_token_count_loss_scaling,
-    launched_world_size,
-)
+from peftkit.core.launch import launched_world_size
+from peftkit.trainer.launch import adjust_training_args_for_launch, check_launch, disable_token_count_loss_scaling
 
 VOCAB = 64
 SEQ_LEN = 12

@@ -30,8 +30,18 @@ import pytest
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from tests.procs import (PLANTED, REPO, assert_same_run, child_env, complete_steps, marker, run_to_end,
-                         start, step_logs, write_resume_recipe)
+from tests.procs import (
+    PLANTED,
+    REPO,
+    assert_same_run,
+    child_env,
+    complete_steps,
+    marker,
+    run_to_end,
+    start,
+    step_logs,
+    write_resume_recipe,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -89,7 +89,7 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "peftkit", "serve", *args, "--port", str(self.port)],
                                      cwd=REPO, env=child_env, stdout=self.out.open("w"), stderr=self.err.open("w"))
 
-    def wait_ready(self, timeout: float = 180) -> "Server":
+    def wait_ready(self, timeout: float = 180) -> Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -175,8 +175,8 @@ def reference_probs(run_dir: Path, texts: list[str]) -> list[list[float]]:
     """Each text alone through peftkit's own loader (one adapter, no padding): what a batch must reproduce."""
     import torch
 
-    from peftkit.model import load_trained_classifier
-    from peftkit.runfolder import label_names_of, load_run
+    from peftkit.model.base import load_trained_classifier
+    from peftkit.runs.read import label_names_of, load_run
 
     run_dir, recipe = load_run(run_dir)
     tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, label_names_of(run_dir))
@@ -229,8 +229,8 @@ def test_runs_on_one_base_share_it(servers):
 
 def test_a_shared_base_is_one_copy_of_the_weights(runs):
     """In-process: two runs on one base load one model holding both adapters (and both heads), not two bases."""
-    from peftkit.serve.inference import classify_head
-    from peftkit.serve.models import load_runs
+    from peftkit.inference.forward import classify_head
+    from peftkit.inference.runs import load_runs
 
     with torch_threads(1):
         one = load_runs([f"a={runs['a']}"], say=lambda m: None)
@@ -254,11 +254,11 @@ def test_generative_classification_run(main_url, runs):
     """Label scoring as `peftkit evaluate` does it, normalised over the labels; batched per adapter."""
     import torch
 
-    from peftkit.generative import score_labels
-    from peftkit.model import load_trained_causal_lm
-    from peftkit.runfolder import load_run
-    from peftkit.sft_data import classification_prompt, resolve_label_words
-    from peftkit.sft_encode import encoder_for
+    from peftkit.data.causal import classification_prompt, resolve_label_words
+    from peftkit.data.causal_encode import encoder_for
+    from peftkit.evaluation.causal import score_labels
+    from peftkit.model.base import load_trained_causal_lm
+    from peftkit.runs.read import load_run
 
     r = post(main_url, "/v1/classify", {"model": "gen", "text": TEXTS[:3]})
     assert r.status_code == 200, r.text

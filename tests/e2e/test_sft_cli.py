@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sft_fixtures import (SHARED_DATA, generation_template_file, run_cli, sft_data_files,  # noqa: F401
-                                tiny_causal_dir)
+from tests.sft_fixtures import SHARED_DATA, generation_template_file, run_cli, sft_data_files, tiny_causal_dir  # noqa: F401
 
 TRAIN = {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "report_to": [],
          "save_strategy": "no", "disable_tqdm": True}
@@ -111,10 +110,10 @@ def test_generate_prints_label_probabilities_through_the_runs_template(generativ
     import math
 
     from peftkit.cli import main
-    from peftkit.generative import score_labels
-    from peftkit.model import load_trained_causal_lm
-    from peftkit.runfolder import load_run
-    from peftkit.sft_encode import encoder_for
+    from peftkit.data.causal_encode import encoder_for
+    from peftkit.evaluation.causal import score_labels
+    from peftkit.model.base import load_trained_causal_lm
+    from peftkit.runs.read import load_run
 
     text = "a gorgeous, witty, seductive movie ."
     assert main(["generate", str(generative_run), text]) == 0
@@ -151,8 +150,8 @@ def test_generate_refuses_a_classification_head_run(tmp_path, capsys):
     run = tmp_path / "run"
     (run / "adapter").mkdir(parents=True)
     (run / "adapter" / "adapter_config.json").write_text("{}")
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, run / "adapter" / "adapter_model.safetensors")  # loads: the refusal is the task's
     (run / "adapter" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import SST2, run_cli, tiny_recipe, write_recipe
+from tests.conftest import run_cli, tiny_recipe, write_recipe
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""peftkit.attention: the math sdpa kernel on CPU reaches training, and computes what the default kernel computes.
+"""peftkit.trainer.attention: the math sdpa kernel on CPU reaches training, and computes what the default kernel computes.
 
 Tolerance: float32 throughout. The math and flash kernels reduce in different orders; on the tiny Llama that
 moves logits by ~1e-7 and the loss by less. 1e-5 is far above that noise and far below what a mask mistake does
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftkit.attention import attention_kernel, with_attention_kernel
-from peftkit.speed import cpu_attention_kernel
+from peftkit.trainer.attention import attention_kernel, with_attention_kernel
+from peftkit.trainer.speed import cpu_attention_kernel
 from tests.conftest import tiny_recipe, write_recipe
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
@@ -156,7 +156,7 @@ def test_math_and_default_kernels_agree_on_a_tiny_llama(layout, causal_lm, smoll
 
 def test_math_keeps_packed_sequences_apart(causal_lm, smollm2_tokenizer):
     """The packed row under math gives each sequence's own log-probabilities, as when run alone."""
-    from peftkit.packing import packing_gap
+    from peftkit.trainer.packing import packing_gap
 
     first, second = (smollm2_tokenizer(t)["input_ids"] for t in TEXTS[:2])
     with attention_kernel("math", "cpu"):
@@ -181,7 +181,7 @@ def test_math_and_default_agree_on_the_classification_head(tiny_llama_dir):
 
 
 def test_the_speed_line_names_the_kernel_only_when_the_recipe_left_it_unset(capsys):
-    from peftkit.speed import apply_speed_defaults
+    from peftkit.trainer.speed import apply_speed_defaults
 
     apply_speed_defaults({}, attention_choice=None)
     assert f"model.cpu_attention_kernel={cpu_attention_kernel(None, has_cuda=False)}" in capsys.readouterr().out

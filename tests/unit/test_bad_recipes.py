@@ -5,8 +5,6 @@ Every case goes through the real CLI entry point (`peftkit validate`), in-proces
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
 

@@ -101,9 +101,8 @@ def test_flops_per_token_match_a_hand_count():
 def test_body_weights_counted_are_the_linear_layers_of_a_real_model():
     """The config-based count against the nn.Linear weights of a tiny Llama built from that config."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from mfu import body_matmul_params, model_facts
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"})
     model = LlamaForCausalLM(config)
@@ -115,7 +114,6 @@ def test_body_weights_counted_are_the_linear_layers_of_a_real_model():
 
 def test_matmul_peak_reports_gflops_per_dtype_and_shape_and_restores_threads():
     import torch
-
     from mfu import best_peak, matmul_peak
 
     threads = torch.get_num_threads()

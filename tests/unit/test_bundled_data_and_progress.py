@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from peftkit.data import load_classification_data, read_table, resolve_data_path
+from peftkit.data.classification import load_classification_data
+from peftkit.data.files import read_table, resolve_data_path
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection, load_recipe
 from tests.conftest import REPO, SST2
@@ -92,7 +93,7 @@ def test_encoding_error_names_the_line(tmp_path, suffix):
 
 
 def test_evaluation_reads_the_eval_file_only():
-    from peftkit.data import evaluation_file
+    from peftkit.data.classification import evaluation_file
 
     assert evaluation_file(DataSection(train_file="t.csv", eval_file="e.csv"), None) == "e.csv"
     assert evaluation_file(DataSection(train_file="t.csv", eval_file="e.csv"), "x.csv") == "x.csv"
@@ -100,7 +101,7 @@ def test_evaluation_reads_the_eval_file_only():
 
 
 def test_evaluation_folders_of_same_named_files_differ(tmp_path):
-    from peftkit.runfolder import evaluation_dir
+    from peftkit.runs.folder import evaluation_dir
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -111,7 +112,7 @@ def test_evaluation_folders_of_same_named_files_differ(tmp_path):
 
 
 def make_checkpoints(run_dir, steps, size=1000):
-    from peftkit.guards import COMPLETE_MARKER
+    from peftkit.trainer.guards import COMPLETE_MARKER
 
     for step in steps:
         folder = run_dir / "checkpoints" / f"checkpoint-{step}"
@@ -124,7 +125,7 @@ def make_checkpoints(run_dir, steps, size=1000):
 
 @pytest.mark.parametrize("keep,left", [("last", ["checkpoint-20"]), ("none", []), ("all", ["checkpoint-10", "checkpoint-20"])])
 def test_finished_run_keeps_checkpoints_as_asked_and_says_the_size(tmp_path, keep, left):
-    from peftkit.runfolder import complete_checkpoints, finish_run_folder
+    from peftkit.runs.folder import complete_checkpoints, finish_run_folder
 
     make_checkpoints(tmp_path, [10, 20], size=2_000_000)
     line = finish_run_folder(tmp_path, keep)
@@ -138,7 +139,8 @@ def test_finished_run_keeps_checkpoints_as_asked_and_says_the_size(tmp_path, kee
 
 
 def test_resume_of_a_finished_run_without_checkpoints_says_it_is_finished(tmp_path):
-    from peftkit.runfolder import SUMMARY_FILE, resume_point
+    from peftkit.runs.folder import resume_point
+    from peftkit.runs.layout import SUMMARY_FILE
 
     make_checkpoints(tmp_path, [])
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
@@ -148,7 +150,7 @@ def test_resume_of_a_finished_run_without_checkpoints_says_it_is_finished(tmp_pa
 
 
 def test_plain_progress_writes_a_few_lines_and_no_carriage_returns():
-    from peftkit.progress import PlainProgress
+    from peftkit.core.progress import PlainProgress
 
     out = io.StringIO()
     with PlainProgress(1000, "label scoring", "rows", stream=out) as bar:
@@ -161,7 +163,7 @@ def test_plain_progress_writes_a_few_lines_and_no_carriage_returns():
 
 
 def test_progress_helpers_keep_order_and_stay_quiet_for_small_jobs(capsys):
-    from peftkit.progress import map_in_chunks, with_progress
+    from peftkit.core.progress import map_in_chunks, with_progress
 
     items = ["ccc", "a", "bb", "dddd", "e"]
     assert map_in_chunks(lambda xs: [x.upper() for x in xs], items, 2, "x", key=len) == [x.upper() for x in items]
@@ -170,7 +172,7 @@ def test_progress_helpers_keep_order_and_stay_quiet_for_small_jobs(capsys):
 
 
 def test_trainer_bars_off_in_log_files_unless_the_recipe_says(monkeypatch):
-    from peftkit import progress
+    from peftkit.core import progress
 
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
     assert progress.log_friendly_trainer_args({"logging_steps": 5})["disable_tqdm"] is True
@@ -180,7 +182,7 @@ def test_trainer_bars_off_in_log_files_unless_the_recipe_says(monkeypatch):
 
 
 def test_library_bars_off_in_logs_unless_the_environment_says(monkeypatch):
-    from peftkit import progress
+    from peftkit.core import progress
 
     monkeypatch.setattr(progress, "stderr_is_terminal", lambda: False)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from peftkit.card import build_model_card
 from peftkit.errors import PeftkitError
+from peftkit.push.card import build_model_card
 from tests.fake_run import BASE_HUB_ID, LABELS, METRICS, build_run
 
 REPO_ID = "someone/smollm2-sentiment-lora"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from peftkit.data import load_classification_data, tokenize_split
+from peftkit.data.classification import load_classification_data, tokenize_split
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection
 from tests.conftest import SHARED_DATA, SST2
@@ -89,7 +89,7 @@ def test_truncation_is_counted(tiny_llama_dir):
 
 
 def test_a_semicolon_file_read_with_commas_says_the_delimiter_looks_wrong(tmp_path):
-    from peftkit.data import load_classification_data
+    from peftkit.data.classification import load_classification_data
     from peftkit.errors import PeftkitError
     from peftkit.recipe import DataSection
 

@@ -4,7 +4,6 @@ consistency filter), on hand-made numbers and the tiny random run of conftest.""
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ from peftkit.errors import PeftkitError
 def test_distillation_loss_matches_a_hand_computation():
     import torch
 
-    from peftkit.distill_loss import distillation_loss
+    from peftkit.tasks.distillation.loss import distillation_loss
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     teacher = torch.tensor([[0.8, 0.2], [0.3, 0.7]])
@@ -52,7 +51,7 @@ def fake_teacher_folder(tmp_path: Path) -> Path:
 def test_soft_labels_are_cached_reused_and_recomputed_when_stale(tmp_path, monkeypatch):
     import torch
 
-    from peftkit import teacher
+    from peftkit.inference import teacher
 
     calls = []
 
@@ -80,7 +79,7 @@ def test_soft_labels_are_cached_reused_and_recomputed_when_stale(tmp_path, monke
 
 
 def test_teacher_checks_name_the_field(tiny_run, tmp_path):
-    from peftkit.teacher import open_teacher
+    from peftkit.inference.teacher import open_teacher
 
     _, run_dir = tiny_run
     with pytest.raises(PeftkitError, match=r"distill.teacher: .*does not exist"):
@@ -95,7 +94,7 @@ def test_teacher_checks_name_the_field(tiny_run, tmp_path):
 
 
 def test_edits_are_seeded_and_use_only_the_sentences_words():
-    from peftkit.augment import edited_rows
+    from peftkit.augment.rows import edited_rows
 
     texts = ["a gripping , funny and moving film", "dull and far too long", "great"]
     labels = [1, 0, 1]
@@ -111,7 +110,7 @@ def test_edits_are_seeded_and_use_only_the_sentences_words():
 
 
 def test_leakage_and_duplicates_are_dropped_and_counted():
-    from peftkit.augment import filter_rows
+    from peftkit.augment.rows import filter_rows
     from peftkit.recipe import Recipe
 
     rows = [{"text": "A Fine Film!", "label": 1, "source": "edit:swap"},        # an eval sentence, other case
@@ -125,10 +124,10 @@ def test_leakage_and_duplicates_are_dropped_and_counted():
 
 
 def test_consistency_filter_keeps_what_the_teacher_is_sure_of(tiny_run, one_torch_thread):
-    from peftkit.augment import consistency_filter, filter_rows
+    from peftkit.augment.rows import consistency_filter, filter_rows
+    from peftkit.inference.teacher import teacher_probabilities
     from peftkit.recipe import Recipe
-    from peftkit.runfolder import load_run
-    from peftkit.teacher import teacher_probabilities
+    from peftkit.runs.read import load_run
 
     _, run_dir = tiny_run
     run_dir, teacher_recipe = load_run(run_dir)
@@ -149,7 +148,7 @@ def test_int8_student_round_trips_through_safetensors(tmp_path, tiny_llama_dir, 
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from peftkit.student_export import load_int8_student, quantize_int8, save_int8
+    from peftkit.tasks.distillation.student import load_int8_student, quantize_int8, save_int8
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     tokenizer.pad_token = tokenizer.eos_token

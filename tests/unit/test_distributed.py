@@ -1,4 +1,4 @@
-"""peftkit.distributed in one process, with the launchers' environment variables faked."""
+"""peftkit.trainer.launch in one process, with the launchers' environment variables faked."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from peftkit import distributed
 from peftkit.errors import PeftkitError
+from peftkit.core import launch as rank_env
+from peftkit.trainer import launch as distributed
 
 # Everything a launcher or accelerate may have set; each test starts from none of them.
 LAUNCH_VARS = (
@@ -109,16 +110,16 @@ def test_quant_storage_reads_the_deepspeed_json(clean_env, tmp_path):
 
 
 def test_rank_and_world_size_from_the_environment(clean_env):
-    assert distributed.world_size() == 1 and distributed.is_main_process()
+    assert rank_env.world_size() == 1 and rank_env.is_main_process()
     clean_env.setenv("WORLD_SIZE", "4")
     clean_env.setenv("RANK", "3")
-    assert distributed.world_size() == 4
-    assert not distributed.is_main_process()
+    assert rank_env.world_size() == 4
+    assert not rank_env.is_main_process()
     clean_env.delenv("WORLD_SIZE")
     clean_env.delenv("RANK")
     clean_env.setenv("OMPI_COMM_WORLD_SIZE", "2")  # mpirun
     clean_env.setenv("OMPI_COMM_WORLD_RANK", "0")
-    assert distributed.world_size() == 2 and distributed.is_main_process()
+    assert rank_env.world_size() == 2 and rank_env.is_main_process()
 
 
 def test_classification_loss_is_not_rescaled_by_the_trainer(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from peftkit.errors import PeftkitError
-from peftkit.generate import format_label_probabilities, sft_prompt_ids
 from peftkit.recipe import recipe_from_dict
+from peftkit.serve.generate import format_label_probabilities, sft_prompt_ids
 from tests.sft_fixtures import smollm2_tokenizer  # noqa: F401
 
 

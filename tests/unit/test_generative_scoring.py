@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from peftkit.generative import evaluate_generative, score_labels, sequence_logprobs
-from peftkit.sft_data import CausalData, CausalSplitReport
-from peftkit.sft_encode import Encoded, Encoder
+from peftkit.data.causal import CausalData, CausalSplitReport
+from peftkit.data.causal_encode import Encoded, Encoder
+from peftkit.evaluation.causal import evaluate_generative, score_labels, sequence_logprobs
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
 PROMPTS = ["Review: great fun\nSentiment:", "Review: dull\nSentiment:"]
@@ -103,7 +103,7 @@ def test_shared_prompt_scoring_equals_one_full_sequence_per_label(chat, tiny_cau
     labels of 1 to 3 tokens and a prompt whose last token merges into a label (scored the full way)."""
     from transformers import AutoModelForCausalLM
 
-    from peftkit.sft_data import completion_part
+    from peftkit.data.causal import completion_part
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir).eval()
     words = [" negative", " positive", " Sci/Tech", "al"]

@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import peftkit.model
+import peftkit.model.base
 import peftkit.run
 import peftkit.tasks.classification
 from peftkit.cli import main
@@ -247,8 +247,8 @@ def no_model_loading(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was found")
 
-    for module, name in ((peftkit.tasks.classification, "load_classifier"), (peftkit.model, "load_trained_classifier"),
-                         (peftkit.model, "_load_model")):
+    for module, name in ((peftkit.tasks.classification, "load_classifier"), (peftkit.model.base, "load_trained_classifier"),
+                         (peftkit.model.base, "_load_model")):
         monkeypatch.setattr(module, name, tripwire)
 
 
@@ -309,7 +309,7 @@ def test_a_run_folder_in_use_by_another_process_is_refused(ctx, no_model_loading
 
     recipe, run = ctx.run_copy()
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from peftkit.runfolder import hold_run_lock; hold_run_lock(Path(sys.argv[1])); "
+                               "from peftkit.runs.folder import hold_run_lock; hold_run_lock(Path(sys.argv[1])); "
                                "print('locked', flush=True); time.sleep(120)", str(run)],
                               cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
     try:
@@ -324,6 +324,6 @@ def test_a_run_folder_in_use_by_another_process_is_refused(ctx, no_model_loading
     finally:
         holder.kill()
         holder.wait()
-    from peftkit.runfolder import hold_run_lock
+    from peftkit.runs.folder import hold_run_lock
 
     hold_run_lock(run)  # the lock died with its process: nothing stale is left

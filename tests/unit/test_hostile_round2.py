@@ -22,14 +22,14 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
 
-import peftkit.model
+import peftkit.model.base
 from peftkit.cli import main
 from tests.conftest import tiny_recipe, write_recipe
 
@@ -599,7 +599,7 @@ def ctx(request, tmp_path, tiny_llama_dir, sst2_small, tiny_run):
 def model_tripwire(monkeypatch):
     """Records (and, unless counting, stops) any model load; tokenizers load freely."""
     state = {"loaded": False, "armed": False}
-    real = peftkit.model._from_pretrained
+    real = peftkit.model.base._from_pretrained
 
     def tripwire(cls, *args, **kwargs):
         if getattr(cls, "__name__", "") == "AutoTokenizer":  # cheap, and what `train` reads the data with
@@ -609,7 +609,7 @@ def model_tripwire(monkeypatch):
             raise ModelLoaded("a model or tokenizer was loaded before the error was found")
         return real(cls, *args, **kwargs)
 
-    monkeypatch.setattr(peftkit.model, "_from_pretrained", tripwire)
+    monkeypatch.setattr(peftkit.model.base, "_from_pretrained", tripwire)
     return state
 
 

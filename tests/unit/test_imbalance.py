@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.evaluate import classification_metrics, format_metrics
-from peftkit.imbalance import decide, with_imbalance_handling
+from peftkit.evaluation.metrics import classification_metrics, format_metrics
 from peftkit.recipe import recipe_from_dict
+from peftkit.trainer.imbalance import decide, with_imbalance_handling
 from tests.conftest import SST2, tiny_recipe, write_recipe
 
 

@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from peftkit.errors import PeftkitError
-from peftkit.init_detect import detect_layout, looks_like_header
-from peftkit.init_recipe import choose_label_words, init_recipe
+from peftkit.init.detect import detect_layout, looks_like_header
+from peftkit.init.recipe_writer import choose_label_words, init_recipe
 from peftkit.recipe import load_recipe
-from peftkit.validate import check_recipe_inputs
+from peftkit.run import check_recipe_inputs
 from tests.conftest import SHARED_DATA, SST2
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
@@ -164,7 +164,7 @@ def test_existing_recipe_is_not_overwritten_without_force(tmp_path):
 
 def test_unreadable_inputs_get_one_line_errors(tmp_path):
     bad = tmp_path / "d.csv"
-    bad.write_bytes("sentence,label\ngood,positive\n".encode() + "caf\xe9 ok,negative\n".encode("latin-1"))
+    bad.write_bytes(b"sentence,label\ngood,positive\n" + "caf\xe9 ok,negative\n".encode("latin-1"))
     with pytest.raises(PeftkitError, match=r"line 3 is not UTF-8 text \(column 4"):
         init_recipe(str(bad), out=str(tmp_path / "r.yaml"))
     one = tmp_path / "one.csv"

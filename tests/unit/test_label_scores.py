@@ -1,17 +1,16 @@
 """evaluate.label_score (sum | mean | calibrated) and evaluate.bf16: worked out by hand on a hand-set model, and the
-recipe options that choose them (peftkit/label_scoring.py)."""
+recipe options that choose them (peftkit/evaluation/label_scoring.py)."""
 
 from __future__ import annotations
-
 
 import math
 
 import pytest
 import torch
 
+from peftkit.data.causal_encode import Encoder
 from peftkit.errors import PeftkitError
-from peftkit.label_scoring import LabelScoring, apply_label_score, score_labels, summed_label_scores
-from peftkit.sft_encode import Encoder
+from peftkit.evaluation.label_scoring import LabelScoring, apply_label_score, score_labels, summed_label_scores
 from tests.sft_fixtures import REPO, smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 from tests.unit.test_generative_scoring import PROMPTS, RuleModel
 
@@ -67,7 +66,7 @@ def test_bf16_scoring_is_close_and_leaves_the_lm_head_as_it_was(tiny_causal_dir,
 
 
 def test_recipe_options_reach_the_scoring_and_are_refused_where_nothing_scores_labels():
-    from peftkit.generative import label_scoring
+    from peftkit.evaluation.causal import label_scoring
     from peftkit.recipe import load_recipe
 
     recipe = load_recipe(REPO / "recipes/sst2/smollm2_lora_gen.yaml", ["evaluate.label_score=calibrated",

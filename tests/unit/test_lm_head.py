@@ -1,4 +1,4 @@
-"""The SFT loss with the LM head on the learned positions only (peftkit/lm_head.py, issue 18): the same loss,
+"""The SFT loss with the LM head on the learned positions only (peftkit/trainer/lm_head.py, issue 18): the same loss,
 log-probabilities, metrics and LoRA gradients as TRL's fused head over every position and as the model's own
 full-logits cross-entropy; and ``model.lm_head_positions`` reaches the trainer."""
 
@@ -50,7 +50,7 @@ def loss_and_grads(model, batch, **kwargs):
 def test_learned_positions_give_the_same_loss_metrics_and_gradients(lora_model):
     import torch
 
-    from peftkit.lm_head import project_learned_positions_only
+    from peftkit.trainer.lm_head import project_learned_positions_only
 
     batch = packed_batch()
     # the model's own full-logits cross-entropy (use_cache=False, as TRL: only then packed sequences stay apart)
@@ -75,7 +75,7 @@ def test_learned_positions_give_the_same_loss_metrics_and_gradients(lora_model):
 def test_calls_without_the_fused_head_and_generation_are_unchanged(lora_model, tiny_causal_dir):
     import torch
 
-    from peftkit.lm_head import project_learned_positions_only
+    from peftkit.trainer.lm_head import project_learned_positions_only
 
     batch = packed_batch()
     with torch.no_grad():
@@ -88,7 +88,7 @@ def test_calls_without_the_fused_head_and_generation_are_unchanged(lora_model, t
 
 
 def test_an_all_masked_batch_gives_a_differentiable_zero(lora_model):
-    from peftkit.lm_head import project_learned_positions_only
+    from peftkit.trainer.lm_head import project_learned_positions_only
 
     batch = packed_batch()
     batch["labels"][:] = -100
@@ -101,7 +101,7 @@ def test_an_all_masked_batch_gives_a_differentiable_zero(lora_model):
 def test_models_with_transformed_logits_keep_trls_forward(tiny_causal_dir):
     from transformers import AutoModelForCausalLM
 
-    from peftkit.lm_head import project_learned_positions_only
+    from peftkit.trainer.lm_head import project_learned_positions_only
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
     model.config.final_logit_softcapping = 30.0

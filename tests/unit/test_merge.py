@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 import peftkit
-from peftkit import merge as merge_module
 from peftkit.cli import main
 from peftkit.errors import PeftkitError
+from peftkit.merge import into_base as merge_module
 from peftkit.recipe import load_recipe
 
 REPO_ROOT = Path(peftkit.__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def _tiny_base(folder: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from peftkit.packaged import resolve_model_path
+    from peftkit.model.packaged import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("packaged:all-minilm-l6-v2"))
     config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128,
@@ -136,8 +136,8 @@ def _merge(run_dir: Path, out: Path, *args: str) -> dict:
 
 def _adapter_logits(run_dir: Path, texts: list[str]):
     """Logits of the adapter model (base quantized as in training + adapter, via peft)."""
-    from peftkit.merge import encode, load_adapter_model, predict_logits
-    from peftkit.runfolder import label_names_of, load_run
+    from peftkit.merge.into_base import encode, load_adapter_model, predict_logits
+    from peftkit.runs.read import label_names_of, load_run
 
     run_dir, recipe = load_run(run_dir)
     tokenizer, model = load_adapter_model(run_dir, recipe, label_names_of(run_dir))

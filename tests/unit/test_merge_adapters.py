@@ -35,10 +35,10 @@ def adapter_tensors(folder):
 
 def test_init_from_starts_from_the_trained_adapter(tmp_path, tiny_llama_dir, files, two_runs, one_torch_thread):
     import torch
-
-    from peftkit.adapters import attach_adapter
-    from peftkit.recipe import load_recipe
     from transformers import AutoModelForCausalLM
+
+    from peftkit.model.adapter import attach_adapter
+    from peftkit.recipe import load_recipe
 
     recipe = gen_recipe(tiny_llama_dir, sst2_data(files[0]), tmp_path / "run")
     recipe["adapter"]["init_from"] = str(two_runs["sst2"])
@@ -63,8 +63,8 @@ def test_init_from_starts_from_the_trained_adapter(tmp_path, tiny_llama_dir, fil
 ])
 def test_init_from_refuses_what_does_not_fit_before_loading(tmp_path, tiny_llama_dir, files, two_runs, change,
                                                            message):
+    from peftkit.model.transfer import check_init_from
     from peftkit.recipe import load_recipe
-    from peftkit.transfer import check_init_from
 
     recipe = gen_recipe(tiny_llama_dir, sst2_data(files[0]), tmp_path / "run")
     recipe["adapter"]["init_from"] = str(two_runs["sst2"])
@@ -81,7 +81,7 @@ SLOW = pytest.mark.slow  # each method is a model load, a merge and two evaluati
 @pytest.mark.parametrize("method", ["linear", pytest.param("ties", marks=SLOW), pytest.param("cat", marks=SLOW),
                                     pytest.param("dare_linear", marks=SLOW), pytest.param("dare_ties", marks=SLOW)])
 def test_merge_adapters_each_method_writes_an_evaluable_folder_and_a_report(tmp_path, two_runs, method):
-    from peftkit.merge_adapters import merge_adapters
+    from peftkit.merge.adapters import merge_adapters
     from peftkit.run import evaluate_saved_run
 
     out = tmp_path / "merged"
@@ -108,7 +108,7 @@ def test_merge_adapters_each_method_writes_an_evaluable_folder_and_a_report(tmp_
 
 
 def test_merge_adapters_refusals(tmp_path, tiny_llama_dir, files, two_runs, tiny_run):
-    from peftkit.merge_adapters import merge_adapters
+    from peftkit.merge.adapters import merge_adapters
 
     sst2, agnews = str(two_runs["sst2"]), str(two_runs["agnews"])
     with pytest.raises(PeftkitError, match="task: classification run: merge-adapters merges generative"):

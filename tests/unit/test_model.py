@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftkit.adapters import attach_adapter
 from peftkit.errors import PeftkitError
-from peftkit.model import load_classifier, load_tokenizer, load_trained_classifier, resolve_model_source
+from peftkit.model.adapter import attach_adapter, save_adapter
+from peftkit.model.base import load_classifier, load_tokenizer, load_trained_classifier, resolve_model_source
 from peftkit.recipe import AdapterSection, ModelSection, QuantizationSection
-from peftkit.adapters import save_adapter
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés", "meh"]
@@ -81,7 +80,7 @@ def lora_grads(model, inputs) -> dict[str, torch.Tensor]:
 
 
 def quantized_model(tiny_llama_dir, repack_fix: bool):
-    from peftkit.quantize import prepare_for_training
+    from peftkit.model.quantize import prepare_for_training
 
     section, quant = model_section(tiny_llama_dir), QuantizationSection(load_in_4bit=True)
     tokenizer = load_tokenizer(section)
@@ -132,7 +131,7 @@ def test_without_the_fix_an_evaluation_pass_corrupts_gradients(tiny_llama_dir):
 
 def test_8bit_model_loads_and_trains_a_step(tiny_llama_dir):
     pytest.importorskip("bitsandbytes")
-    from peftkit.quantize import prepare_for_training
+    from peftkit.model.quantize import prepare_for_training
 
     section, quant = model_section(tiny_llama_dir), QuantizationSection(load_in_8bit=True)
     tokenizer = load_tokenizer(section)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from peftkit.data.mixing import mix, task_counts
 from peftkit.errors import PeftkitError
-from peftkit.mixing import mix, task_counts
 from peftkit.recipe import load_recipe
 from tests.conftest import write_recipe
 from tests.multitask_fixtures import agnews_small, multitask_recipe, train_in_process

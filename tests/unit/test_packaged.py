@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import peftkit
-from peftkit import packaged
 from peftkit.errors import PeftkitError
-from peftkit.packaged import (
+from peftkit.model import packaged
+from peftkit.model.packaged import (
     PACKAGED_MODELS,
     check_packaged_available,
     hub_id_for,
@@ -200,7 +200,7 @@ def real_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[sub
     logs = tmp_path_factory.mktemp("logs")
     root = tmp_path_factory.mktemp("real") / "cache"
     env = {**os.environ, "PEFTKIT_CACHE": str(root), "PYTHONPATH": str(REPO_ROOT)}
-    code = f"from peftkit.packaged import resolve_model_path; print(resolve_model_path({SMOLLM2!r}))"
+    code = f"from peftkit.model.packaged import resolve_model_path; print(resolve_model_path({SMOLLM2!r}))"
     # Output goes to files, not pipes: a rank blocked on a full pipe while the other is awaited would hang.
     ranks = []
     for rank in range(2):

@@ -11,8 +11,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from profile_categories import (CATEGORIES, CLIP_RANGE, DATA_RANGE, FORWARD_RANGE, breakdown,  # noqa: E402
-                                categorise, categorise_one, matmul_flops, matmul_shapes)
+from profile_categories import (  # noqa: E402
+    CATEGORIES,
+    CLIP_RANGE,
+    DATA_RANGE,
+    FORWARD_RANGE,
+    breakdown,
+    categorise,
+    categorise_one,
+    matmul_flops,
+    matmul_shapes,
+)
 
 KEYS = dict(rank=16, vocab=49152, num_labels=2)
 BACKWARD = "autograd::engine::evaluate_function: MmBackward0"

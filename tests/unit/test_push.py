@@ -13,7 +13,7 @@ import yaml
 from huggingface_hub import ModelCard, constants
 
 from peftkit.errors import PeftkitError
-from peftkit.push import STAGING_DIRNAME, add_push_parser, push_run
+from peftkit.push.hub import STAGING_DIRNAME, add_push_parser, push_run
 from tests.fake_run import BASE_HUB_ID, METRICS, build_run, write_merged
 from tests.hub_stub import HubStub
 

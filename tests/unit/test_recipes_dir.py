@@ -29,7 +29,7 @@ def test_recipe_loads_validates_and_states_its_command(path: Path, monkeypatch):
     recipe = load_recipe(path)
     if HUB_ONLY in path.stem:
         return
-    from peftkit.validate import check_recipe_inputs
+    from peftkit.run import check_recipe_inputs
 
     if recipe.task == "distillation" and not Path(recipe.distill.teacher).exists():
         # a distillation recipe needs its teacher's run folder, which its header says how to train

@@ -10,7 +10,8 @@ import yaml
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
-from peftkit.runfolder import RECIPE_FILE, open_run_dir
+from peftkit.runs.folder import open_run_dir
+from peftkit.runs.layout import RECIPE_FILE
 from tests.conftest import tiny_recipe, write_recipe
 
 

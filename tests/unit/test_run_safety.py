@@ -16,12 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import peftkit.adapters
+import peftkit.model.adapter
 import peftkit.tasks.classification
 from peftkit.cli import main
-from peftkit.guards import COMPLETE_MARKER, MarkCompleteCheckpoints
-from peftkit.io import replace_dir_atomic, storage_error, write_json_atomic
-from peftkit.runfolder import resume_point
+from peftkit.core.atomic import replace_dir_atomic, storage_error, write_json_atomic
+from peftkit.runs.folder import resume_point
+from peftkit.trainer.guards import COMPLETE_MARKER, MarkCompleteCheckpoints
 from tests.conftest import tiny_recipe, write_recipe
 from tests.hooked_peftkit import nan_build_trainer
 
@@ -139,7 +139,7 @@ def test_failure_in_the_middle_of_save_adapter_keeps_the_previous_adapter(tmp_pa
             raise HalfWrittenThenFails("disk gone")
 
     with pytest.raises(HalfWrittenThenFails):
-        peftkit.adapters.save_adapter(Model(), None, final)
+        peftkit.model.adapter.save_adapter(Model(), None, final)
     assert {p.name: p.read_bytes() for p in final.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"], "the staging folder was left behind"
 
@@ -233,17 +233,17 @@ class Args:
 def test_new_checkpoint_is_marked_before_any_old_one_is_deleted(tmp_path, monkeypatch):
     """save_total_limit: 1 used to let the Trainer delete checkpoint-4 before checkpoint-8 was marked: a kill
     in between left no complete checkpoint and --resume restarted from step 0."""
-    import peftkit.guards
+    import peftkit.trainer.guards
 
     fake_checkpoint(tmp_path, 4, complete=True)
     fake_checkpoint(tmp_path, 8, complete=False)  # just written by the Trainer, not yet marked
-    real_rmtree = peftkit.guards.shutil.rmtree
+    real_rmtree = peftkit.trainer.guards.shutil.rmtree
 
     def rmtree_checking_the_order(path, **kwargs):
         assert (tmp_path / "checkpoints" / "checkpoint-8" / COMPLETE_MARKER).is_file(), "deleted before marking"
         real_rmtree(path, **kwargs)
 
-    monkeypatch.setattr(peftkit.guards.shutil, "rmtree", rmtree_checking_the_order)
+    monkeypatch.setattr(peftkit.trainer.guards.shutil, "rmtree", rmtree_checking_the_order)
     MarkCompleteCheckpoints(keep=1).on_save(Args(tmp_path / "checkpoints"), State(8), None)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-8"]
 

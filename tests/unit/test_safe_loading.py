@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import peftkit.model
+import peftkit.model.base
 from peftkit.cli import main
 from peftkit.recipe import ModelSection, load_recipe
 from tests.conftest import tiny_recipe, write_recipe
@@ -110,7 +110,7 @@ def test_trust_remote_code_and_allow_pickle_are_off_unless_set(tiny_llama_dir, s
         def from_pretrained(source, **kwargs):
             seen.update(kwargs)
 
-    peftkit.model._from_pretrained(Recorder, str(tiny_llama_dir), ModelSection(name_or_path=str(tiny_llama_dir)))
+    peftkit.model.base._from_pretrained(Recorder, str(tiny_llama_dir), ModelSection(name_or_path=str(tiny_llama_dir)))
     assert seen["trust_remote_code"] is False and seen["use_safetensors"] is True
 
 
@@ -125,5 +125,5 @@ def test_a_hub_model_that_needs_custom_code_gets_one_clear_line(monkeypatch):
             raise ValueError(f"The repository {source} contains custom code which must be executed to correctly "
                              "load the model. Please pass the argument `trust_remote_code=True`")
 
-    with pytest.raises(peftkit.model.PeftkitError, match="needs its own Python code to load"):
-        peftkit.model._from_pretrained(NeedsCode, "someone/custom", ModelSection(name_or_path="someone/custom"))
+    with pytest.raises(peftkit.model.base.PeftkitError, match="needs its own Python code to load"):
+        peftkit.model.base._from_pretrained(NeedsCode, "someone/custom", ModelSection(name_or_path="someone/custom"))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.data import SplitReport
+from peftkit.data.classification import SplitReport
 from peftkit.errors import PeftkitError
 from peftkit.recipe import recipe_from_dict, validate
 from peftkit.recipe.sections import SelectionSection
-from peftkit.selection import carve_validation
+from peftkit.trainer.selection import carve_validation
 from tests.conftest import tiny_recipe, write_recipe
 from tests.sft_fixtures import tiny_causal_dir  # noqa: F401  (fixture)
 
@@ -238,7 +238,7 @@ def test_early_stopping_keeps_and_reports_the_best_checkpoint(tmp_path, tiny_lla
 
 def test_evaluation_during_training_reads_the_validation_split_not_the_eval_file(tmp_path, tiny_llama_dir,
                                                                                  sst2_small, one_torch_thread):
-    from peftkit.model import load_tokenizer, local_path
+    from peftkit.model.base import load_tokenizer, local_path
     from peftkit.recipe import load_recipe
     from peftkit.tasks import classification
 
@@ -285,7 +285,7 @@ def test_generative_classification_selects_by_label_scoring_on_the_validation_sp
 def test_validate_reports_the_token_count_of_each_label_word():
     from transformers import AutoTokenizer
 
-    from peftkit.validate import label_word_tokens
+    from peftkit.run import label_word_tokens
     from tests.sft_fixtures import smollm2_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("fastapi")
 
 from peftkit.errors import PeftkitError  # noqa: E402
+from peftkit.inference.forward import StopText  # noqa: E402
+from peftkit.inference.runs import parse_run_arg  # noqa: E402
 from peftkit.serve.batcher import Batcher, Job, Overloaded  # noqa: E402
 from peftkit.serve.command import exposure  # noqa: E402
-from peftkit.serve.inference import StopText  # noqa: E402
-from peftkit.serve.models import parse_run_arg  # noqa: E402
 
 
 def test_stop_string_split_across_pieces_is_never_streamed():

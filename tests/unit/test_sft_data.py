@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from peftkit.data.causal import IGNORE, CausalData, CausalSplitReport, load_causal_data
+from peftkit.data.causal_encode import Encoder, audit, fit_classification_prompts, prepare_examples
 from peftkit.errors import PeftkitError
 from peftkit.recipe import recipe_from_dict
-from peftkit.sft_data import IGNORE, CausalData, CausalSplitReport, load_causal_data
-from peftkit.sft_encode import Encoder, audit, fit_classification_prompts, prepare_examples
-from tests.sft_fixtures import (CHATML_GENERATION_TEMPLATE, SHARED_DATA, generation_template_file,  # noqa: F401
-                                sft_data_files, smollm2_tokenizer, tiny_causal_dir)
+from tests.sft_fixtures import (  # noqa: F401
+    CHATML_GENERATION_TEMPLATE,
+    SHARED_DATA,
+    generation_template_file,
+    sft_data_files,
+    smollm2_tokenizer,
+    tiny_causal_dir,
+)
 
 PROMPT = "Review: great\nSentiment:"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peftkit.packing import packing_gap
+from peftkit.trainer.packing import packing_gap
 from tests.sft_fixtures import smollm2_tokenizer, tiny_causal_dir  # noqa: F401
 
 TEXTS = ["Review: a charming and often affecting journey.\nSentiment: positive<|im_end|>",

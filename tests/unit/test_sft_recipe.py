@@ -47,7 +47,7 @@ def test_keys_peftkit_sets_are_reserved_with_a_pointer(key, hint):
 
 def test_sft_defaults_keep_checkpointing_opt_in_leave_precision_to_speed_defaults_and_pack_where_exact():
     train = build().train
-    assert "bf16" not in train  # peftkit.speed chooses it, the same way as for classification
+    assert "bf16" not in train  # peftkit.trainer.speed chooses it, the same way as for classification
     assert train["activation_checkpointing"] is False and train["packing"] is True
     assert build(model={"attn_implementation": None}).train["packing"] is False
     assert build(train={"packing": False}).train["packing"] is False

@@ -1,10 +1,10 @@
-"""peftkit.speed: which TrainingArguments peftkit fills in for speed, and that a recipe's own settings win."""
+"""peftkit.trainer.speed: which TrainingArguments peftkit fills in for speed, and that a recipe's own settings win."""
 
 from __future__ import annotations
 
 import pytest
 
-from peftkit.speed import speed_defaults
+from peftkit.trainer.speed import speed_defaults
 
 
 def test_cpu_with_native_bf16_gets_length_grouping_and_bf16_autocast():
@@ -90,7 +90,7 @@ def test_native_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
     import builtins
     import platform
 
-    from peftkit import speed
+    from peftkit.trainer import speed
 
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
@@ -114,7 +114,7 @@ def test_seeded_length_grouping_depends_only_on_seed_and_epoch():
 
     import torch
 
-    from peftkit.speed import EpochSeededLengthGroupedSampler
+    from peftkit.trainer.speed import EpochSeededLengthGroupedSampler
 
     lengths = [random.Random(0).randint(1, 60) for _ in range(500)]
     first = EpochSeededLengthGroupedSampler(lengths, batch_size=16, seed=42)
@@ -134,7 +134,7 @@ def test_seeded_length_grouping_depends_only_on_seed_and_epoch():
 def test_seeded_length_grouping_pads_less_than_random_batches():
     import random
 
-    from peftkit.speed import EpochSeededLengthGroupedSampler
+    from peftkit.trainer.speed import EpochSeededLengthGroupedSampler
 
     rng = random.Random(0)
     lengths = [rng.randint(1, 60) for _ in range(2000)]
@@ -155,7 +155,7 @@ def test_trainer_uses_the_seeded_sampler_only_for_group_by_length(tmp_path):
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from peftkit.speed import EpochSeededLengthGroupedSampler, with_seeded_length_grouping
+    from peftkit.trainer.speed import EpochSeededLengthGroupedSampler, with_seeded_length_grouping
 
     ds = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in range(1, 65)], "labels": [0] * 64})
     cls = with_seeded_length_grouping(Trainer)
@@ -178,7 +178,7 @@ def test_trainer_dataloader_follows_the_epoch_and_resumes_exactly(tmp_path):
     from accelerate import skip_first_batches
     from transformers import Trainer, TrainingArguments
 
-    from peftkit.speed import EpochSeededLengthGroupedSampler, with_seeded_length_grouping
+    from peftkit.trainer.speed import EpochSeededLengthGroupedSampler, with_seeded_length_grouping
 
     ds = datasets.Dataset.from_dict({"input_ids": [[1] * (n % 37 + 1) for n in range(200)], "idx": list(range(200))})
     args = TrainingArguments(output_dir=str(tmp_path), train_sampling_strategy="group_by_length", report_to=[],
@@ -201,7 +201,7 @@ def test_trainer_dataloader_follows_the_epoch_and_resumes_exactly(tmp_path):
 def test_collator_pads_to_multiples_of_8_only_on_cuda():
     from types import SimpleNamespace
 
-    from peftkit.speed import collator_pad_multiple
+    from peftkit.trainer.speed import collator_pad_multiple
 
     assert collator_pad_multiple(SimpleNamespace(device=SimpleNamespace(type="cuda"))) == 8
     assert collator_pad_multiple(SimpleNamespace(device=SimpleNamespace(type="cpu"))) is None
@@ -215,7 +215,7 @@ def test_length_groups_span_the_global_batch_so_ranks_together_see_the_one_proce
     from torch.utils.data import BatchSampler
     from transformers import Trainer, TrainingArguments
 
-    from peftkit.speed import with_seeded_length_grouping
+    from peftkit.trainer.speed import with_seeded_length_grouping
 
     ds = datasets.Dataset.from_dict({"input_ids": [[1] * (n % 29 + 1) for n in range(96)], "labels": [0] * 96})
 

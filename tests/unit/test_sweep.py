@@ -4,7 +4,6 @@ sweep resuming, and the outputs (table, best recipe that `peftkit train` runs, p
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import sqlite3
@@ -18,7 +17,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from peftkit.errors import PeftkitError  # noqa: E402
-from peftkit.sweep_search import Sweep, candidates, recipe_values, report_callback, suggest  # noqa: E402
+from peftkit.sweep.study import Sweep, candidates, recipe_values, report_callback, suggest  # noqa: E402
 from tests.conftest import REPO, tiny_recipe, write_recipe  # noqa: E402
 
 
@@ -177,7 +176,7 @@ def test_a_killed_sweep_resumes_and_retries_the_interrupted_trial(tmp_path, tiny
 
 def test_a_trial_stopped_by_a_signal_says_how_to_resume_the_sweep(tmp_path, sst2_small, monkeypatch):
     """The run's own stop message says `peftkit train ... --resume`; inside a sweep that is the wrong advice."""
-    import peftkit.sweep_search as search
+    import peftkit.sweep.study as search
     from peftkit.errors import RunStopped
 
     def stopped_run(recipe, callbacks=()):

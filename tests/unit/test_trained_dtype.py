@@ -17,7 +17,7 @@ def tiny_bf16_classifier():
 
 
 def attach(trainable_dtype: str, **adapter):
-    from peftkit.adapters import attach_adapter
+    from peftkit.model.adapter import attach_adapter
     from peftkit.recipe.sections import AdapterSection
 
     section = AdapterSection(r=4, lora_alpha=8, target_modules="all-linear", trainable_dtype=trainable_dtype,

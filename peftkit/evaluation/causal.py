@@ -1,0 +1,75 @@
+"""Evaluating causal-LM runs: classification by label scoring, and held-out loss for SFT.
+
+Classification by generation does not generate: for each example it scores every label's completion under the
+model and predicts the most likely one, so there is never an unparseable answer. How the scores are computed
+(summed, per-token mean or calibrated; batched and key/value-cached) is peftkit/evaluation/label_scoring.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from peftkit.core.progress import map_in_chunks
+from peftkit.data.causal import CausalData, classification_prompt, pair
+from peftkit.data.causal_encode import Encoded, Encoder
+from peftkit.evaluation.label_scoring import (  # noqa: F401
+    CONTENT_FREE_TEXT,
+    LabelScoring,
+    score_labels,
+    sequence_logprobs,
+    shared_prompt_logprobs,
+)
+from peftkit.evaluation.metrics import classification_metrics
+
+
+def label_scoring(recipe) -> LabelScoring:
+    """The recipe's evaluate.label_score and evaluate.bf16, with the content-free prompt rendered as the run's
+    prompts are (its template, and the chat template when the run uses it)."""
+    chat = recipe.data.use_chat_template
+    content_free = pair(classification_prompt(recipe.data, CONTENT_FREE_TEXT), "", chat)["prompt"]
+    return LabelScoring(recipe.evaluate.label_score, content_free, recipe.evaluate.bf16)
+
+
+def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
+                        split: str = "eval", scoring: LabelScoring = LabelScoring()) -> dict[str, Any]:
+    """Label-scoring predictions on a split -> the same metrics as the classification-head path."""
+    was_training = model.training
+    model.eval()
+    started = time.time()
+    scores = map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat, batch_size,
+                                                        scoring),
+                           causal.splits[split]["prompt"], 4 * batch_size, "label scoring", key=lambda p: len(str(p)))
+    model.train(was_training)
+    predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
+    metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
+    metrics["method"] = "label scoring: " + scoring.describe()
+    metrics["label_score"] = scoring.method
+    metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))
+    metrics["eval_seconds"] = round(time.time() - started, 1)
+    return metrics
+
+
+def evaluate_lm_loss(model, encoder: Encoder, causal: CausalData, max_length: int, batch_size: int,
+                     split: str = "eval") -> dict[str, Any]:
+    """Held-out loss and perplexity of an SFT run: mean negative log-likelihood per loss token, the tokens and
+    truncation exactly as in training."""
+    was_training = model.training
+    model.eval()
+    encoded = []
+    for example in causal.examples(split):
+        enc = encoder.encode(example)
+        encoded.append(Encoded(enc.input_ids[:max_length], enc.labels[:max_length]))
+    results = sequence_logprobs(model, encoded, encoder.tokenizer.pad_token_id, batch_size)
+    model.train(was_training)
+    total = sum(s for s, _ in results)
+    tokens = sum(n for _, n in results)
+    loss = -total / max(tokens, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "loss_tokens": tokens,
+            "num_examples": len(encoded)}
+
+
+def format_lm_metrics(metrics: dict[str, Any]) -> str:
+    return (f"eval loss {metrics['eval_loss']:.4f}   perplexity {metrics['perplexity']:.2f}   "
+            f"({metrics['num_examples']} examples, {metrics['loss_tokens']:,} loss tokens)")

@@ -1,0 +1,6 @@
+"""What trains: Trainer arguments and the loop around `trainer.train`, run guards, speed defaults, attention
+kernel, LM head on learned positions, packing, imbalance, the validation split and early stopping, the
+launch adjustments for DDP/DeepSpeed, and `train_summary.json`.
+
+Imports: `core`, `recipe`, `runs`, `model`, `data`, `evaluation`, `errors`.
+"""
