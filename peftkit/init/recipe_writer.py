@@ -26,9 +26,13 @@ What it decides, and by which rule (each decision is written into the recipe as 
   (0.1; 0.2 under 1,000 rows), held out with the recipe's seed.
 - **max_length**: the 99th percentile of the training texts' token counts (a seeded sample of up to 2,000
   texts, plus the prompt and label for generative runs), rounded up to a multiple of 16, between 32 and 512.
-- **epochs**: enough to show the model at least ~2,000 examples (1 epoch from 2,000 rows, at most 10); the
-  learning rates and batch sizes are those of the shipped SST-2 recipes for the same model family. Nothing is
-  chosen by looking at the eval file's results.
+- **model selection** (validation split, early stopping, training length): see :func:`training_plan`. A
+  seeded, stratified validation split carved from the training rows (never the eval file) ranks checkpoints
+  on macro F1; training ends when the validation curve stops rising (early stopping), and the best checkpoint
+  is the model. The number of epochs is an upper bound set from the data: enough passes for a freshly
+  initialised head of K classes to see each class a few hundred times, and more for small files. The learning
+  rates and batch sizes are those of the shipped SST-2 recipes for the same model family. Nothing is chosen by
+  looking at the eval file's results.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -110,6 +115,45 @@ def token_length(texts: list[str], tokenizer, extra: int, seed: int) -> tuple[in
     return max(32, min(limit, 16 * math.ceil(p99 / 16))), lengths[-1] + extra
 
 
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How long to train and how to choose the checkpoint, from the data's size and classes."""
+
+    train_rows: int        # rows training sees (the file's usable rows less any held-out eval share)
+    validation_rows: int   # carved from train_rows for model selection
+    epochs: int            # an upper bound: early stopping on the validation split usually ends sooner
+    evaluations: int       # validation passes over the whole run (every 1/N of the steps)
+    patience: int          # evaluations without improvement before stopping
+
+
+# Why these numbers (measured before this rule existed, on data none of the reported test sets come from):
+# a 77-intent banking file (10k rows, ~117 per class) reached 0.614 test accuracy after one epoch with the
+# MiniLM head and 0.906 with a validation split, up to 6 epochs (~700 passes over each class) and early stopping.
+# A freshly initialised K-way head needs each class seen a few hundred times, whatever K is, so the upper
+# bound on epochs grows with K / rows and early stopping decides where, inside it, the run ends.
+SEEN_PER_CLASS = 700      # examples of each class the longest run shows the model (upper bound)
+MIN_EXAMPLES_SEEN = 3000  # small files: at least this many examples over the whole run
+MAX_EPOCHS = 20
+MIN_EPOCHS = 2            # one pass is never enough to see the validation curve turn
+VALIDATION_SHARE = 0.1    # of the training rows ...
+VALIDATION_PER_CLASS = 10  # ... but at least this many rows per class (macro F1 on 2 rows a class is noise) ...
+VALIDATION_CAP = 2000     # ... and at most this many beyond that (each evaluation pass costs time)
+EVALUATIONS_PER_EPOCH = 2
+MIN_EVALUATIONS = 6
+PATIENCE = 3              # 1.5 epochs without a better validation macro F1
+
+
+def training_plan(train_rows: int, classes: int) -> TrainingPlan:
+    """Validation size, epochs (an upper bound) and evaluation schedule for `train_rows` rows of `classes` classes."""
+    wanted = max(round(VALIDATION_SHARE * train_rows), min(VALIDATION_PER_CLASS * classes, round(0.25 * train_rows)))
+    validation = max(1, min(wanted, max(VALIDATION_CAP, VALIDATION_PER_CLASS * classes)))
+    fit_rows = max(1, train_rows - validation)
+    examples = max(SEEN_PER_CLASS * classes, MIN_EXAMPLES_SEEN)
+    epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(examples / fit_rows)))
+    evaluations = max(MIN_EVALUATIONS, EVALUATIONS_PER_EPOCH * epochs)
+    return TrainingPlan(train_rows, validation, epochs, evaluations, PATIENCE)
+
+
 # ---------------------------------------------------------------------------------------------
 # The recipe
 # ---------------------------------------------------------------------------------------------
@@ -168,28 +212,57 @@ def init_recipe(data_file: str, eval_file: str | None = None, model: str = DEFAU
     max_length, longest = token_length(texts, tokenizer, extra, seed)
 
     n_train = prof.usable - (round(prof.usable * eval_fraction) if eval_fraction else 0)
-    epochs = min(10, max(1, math.ceil(2000 / max(1, n_train))))
+    plan = training_plan(n_train, len(prof.label_names))
     run_name = output_dir or f"runs/{re.sub(r'[^A-Za-z0-9_.-]+', '-', train_path.stem)}-{short_model_name(model)}"
     command = f"peftkit train {out_path}"
     flags = prof.flags(eval_fraction)
     text = render(prof, eval_info, eval_file, eval_fraction, model, task, words, word_tokens, max_length, longest,
-                  epochs, run_name, command, flags, data_file, n_train)
+                  plan, run_name, command, flags, data_file)
     try:
         recipe = recipe_from_dict(yaml.safe_load(text), where=str(out_path))
         recipe.source = str(out_path)
         validate(recipe)
     except PeftkitError as e:  # a bug here, not the user's: say what would have been written
-        raise PeftkitError(f"internal: the recipe peftkit init built does not validate ({e}); please report it") from None
+        raise PeftkitError(f"internal: the recipe peftkit init built does not validate ({e}); "
+                           "please report it") from None
     write_text_atomic(out_path, text)
     return out_path, summary(prof, eval_info, eval_fraction, task, model, words, word_tokens, flags, out_path,
                              max_length)
 
 
+SHOWN_CLASSES = 20  # beyond this many classes, the counts are summarised (a 150-class line helps nobody)
+
+
+def class_counts_line(prof: Profile) -> str:
+    """Each class with its rows, or for many classes the range and the smallest ones."""
+    if len(prof.label_names) <= SHOWN_CLASSES:
+        return ", ".join(f"{n} {prof.counts[n]}" for n in prof.label_names)
+    sizes = sorted(prof.counts[n] for n in prof.label_names)
+    smallest = sorted(prof.label_names, key=lambda n: prof.counts[n])[:5]
+    if sizes[0] == sizes[-1]:
+        return f"{len(sizes)} classes, {sizes[0]} rows each"
+    return (f"{len(sizes)} classes, {sizes[0]}-{sizes[-1]} rows each (median {sizes[len(sizes) // 2]}); smallest: "
+            + ", ".join(f"{n} {prof.counts[n]}" for n in smallest))
+
+
+def wrapped_list(key: str, values: list[str], width: int = 116) -> list[str]:
+    """`  key: [a, b, ...]` as YAML flow lines of at most `width` characters (continuations indented)."""
+    lines, line = [], f"  {key}: ["
+    for i, item in enumerate(y(v) for v in values):
+        piece = item + ("]" if i == len(values) - 1 else ",")
+        if len(line) + len(piece) + 1 > width and not line.endswith("["):
+            lines.append(line)
+            line = "    " + piece
+        else:
+            line += ("" if line.endswith("[") else " ") + piece
+    return lines + [line]
+
+
 def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, words, word_tokens, max_length, longest,
-           epochs, run_name, command, flags, data_file, n_train) -> str:
+           plan: TrainingPlan, run_name, command, flags, data_file) -> str:
     layout = prof.layout
     generative = task == "generative_classification"
-    counts = ", ".join(f"{n} {prof.counts[n]}" for n in prof.label_names)
+    counts = class_counts_line(prof)
     lines = [
         f"# {command}",
         f"# Written by `peftkit init` on {date.today().isoformat()} from {data_file}: {layout.describe()}, "
@@ -227,7 +300,7 @@ def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, word
         lines.append(f"  eval_file: {y(str(eval_file))}")
     else:
         lines.append(f"  eval_fraction: {eval_fraction}               # no eval file: held out from train "
-                     f"(seeded; {n_train:,} rows left to train on)")
+                     f"(seeded; {plan.train_rows:,} rows left to train on)")
     if layout.recipe_delimiter is not None:
         lines.append(f"  delimiter: {y(layout.recipe_delimiter)}                 # "
                      f"{DELIMITER_NAMES[layout.delimiter]}-separated")
@@ -239,8 +312,13 @@ def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, word
     lines += [
         f"  text_column: {y(text_col)}",
         f"  label_column: {y(label_col)}",
-        f"  label_names: {y(prof.label_names)}   # id order; the file's labels may be these names or their ids",
     ]
+    lines += ["  # label_names: id order; the file's labels may be these names or their ids"] if len(
+        prof.label_names) > SHOWN_CLASSES else []
+    names = wrapped_list("label_names", prof.label_names)
+    if len(prof.label_names) <= SHOWN_CLASSES and len(names) == 1:
+        names = [names[0] + "   # id order; the file's labels may be these names or their ids"]
+    lines += names
     if generative:
         multi = [n for n in prof.label_names if word_tokens[n] > 1]
         note = ("every word is one token" if not multi else
@@ -257,21 +335,39 @@ def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, word
     if generative:
         lines += [
             "  learning_rate: 3.0e-4            # as recipes/sst2/smollm2_lora_gen.yaml",
-            f"  num_train_epochs: {epochs}              # at least ~2,000 examples seen (from the training set size)",
+            f"  num_train_epochs: {plan.epochs}              # an upper bound: early stopping ends sooner (selection)",
             "  per_device_train_batch_size: 8   # packed rows of up to max_length tokens",
             "  packing: true",
         ]
     else:
         lines += [
             "  learning_rate: 1.0e-3            # as the built-in quickstart (MiniLM + LoRA)",
-            f"  num_train_epochs: {epochs}              # at least ~2,000 examples seen (from the training set size)",
+            f"  num_train_epochs: {plan.epochs}              # an upper bound: early stopping ends sooner (selection)",
             "  per_device_train_batch_size: 32",
         ]
-    lines += [
-        "  logging_steps: 25",
-        "keep_checkpoints: last             # none: only adapter/ stays (then --resume says the run is finished)",
-    ]
+    lines += ["  logging_steps: 25", *selection_lines(plan, len(prof.label_names)),
+              "keep_checkpoints: last             # none: only adapter/ stays (then --resume says the run is finished)"]
     return "\n".join(lines) + "\n"
+
+
+def selection_lines(plan: TrainingPlan, classes: int) -> list[str]:
+    """The selection section, each rule said where it applies."""
+    fit = plan.train_rows - plan.validation_rows
+    return [
+        f"# Model selection: {plan.validation_rows:,} of the {plan.train_rows:,} training rows (stratified, seeded) "
+        "rank the checkpoints; the eval file is read once, at the end, by the best one.",
+        f"# Length: up to {plan.epochs} epochs = each of the {classes} classes seen "
+        f"~{plan.epochs * fit / classes:,.0f} "
+        f"times (rule: >= {SEEN_PER_CLASS} per class and >= {MIN_EXAMPLES_SEEN:,} examples, {MIN_EPOCHS}-{MAX_EPOCHS} "
+        f"epochs); early stopping ends the run when validation macro F1 has not improved for {plan.patience} "
+        f"evaluations ({plan.evaluations} over the whole run).",
+        "selection:",
+        f"  validation_rows: {plan.validation_rows}            # 10% of the training rows, >= 10 per class, "
+        "<= 2,000 beyond that",
+        "  metric: macro_f1                 # every class counts the same: a class never predicted shows",
+        f"  evaluations: {plan.evaluations}                  # validation passes (and checkpoints) over the run",
+        f"  early_stopping_patience: {plan.patience}",
+    ]
 
 
 def summary(prof: Profile, eval_info, eval_fraction, task, model, words, word_tokens, flags, out_path: Path,
@@ -281,8 +377,11 @@ def summary(prof: Profile, eval_info, eval_fraction, task, model, words, word_to
              f"label column {prof.label_column!r}"]
     width = max(len(n) for n in prof.label_names)
     total = max(1, prof.usable)
-    for name in prof.label_names:
-        lines.append(f"  {name:<{width}}  {prof.counts[name]:>7,}  {prof.counts[name] / total:>5.1%}")
+    if len(prof.label_names) > SHOWN_CLASSES:
+        lines.append("  " + class_counts_line(prof))
+    else:
+        for name in prof.label_names:
+            lines.append(f"  {name:<{width}}  {prof.counts[name]:>7,}  {prof.counts[name] / total:>5.1%}")
     if prof.empty_text or prof.empty_label:
         lines.append(f"  skipped: {prof.empty_text} rows with empty text, {prof.empty_label} with an empty label")
     if eval_info is not None:
@@ -296,7 +395,8 @@ def summary(prof: Profile, eval_info, eval_fraction, task, model, words, word_to
         lines.append(f"check: {f}")
     lines.append(f"task: {task} ({model}); max_length {max_length}")
     if words:
-        lines.append("label words: " + ", ".join(f"{n} -> {w!r} ({word_tokens[n]} token{'s' if word_tokens[n] > 1 else ''})"
+        lines.append("label words: " + ", ".join(f"{n} -> {w!r} ({word_tokens[n]} "
+                                                 f"token{'s' if word_tokens[n] > 1 else ''})"
                                                  for n, w in words.items()))
     lines += [f"wrote {out_path}", f"next: peftkit validate {out_path} && peftkit train {out_path}"]
     return "\n".join(lines)
