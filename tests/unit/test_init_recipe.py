@@ -210,3 +210,41 @@ def test_the_written_recipe_reads_well(tmp_path):
     assert raw["data"]["delimiter"] == ";" and raw["keep_checkpoints"] == "last"
     assert all(line.startswith("#") for line in text.splitlines()[:4])
     assert "semicolon-separated" in text and "held out from train" in text
+
+
+# ---- the training plan: validation split, early stopping, length from classes and rows ---------------------
+
+
+def test_training_plan_scales_length_with_classes_and_rows():
+    from peftkit.init.recipe_writer import MAX_EPOCHS, MIN_EPOCHS, SEEN_PER_CLASS, training_plan
+
+    many = training_plan(15_000, 150)  # CLINC150-sized: 100 rows a class
+    assert many.validation_rows == 1500 and many.epochs == 8
+    assert many.epochs * (15_000 - 1500) / 150 >= SEEN_PER_CLASS  # each class seen at least the rule's count
+    big = training_plan(67_000, 2)  # SST-2-sized: passes are never fewer than MIN_EPOCHS, validation capped
+    assert big.epochs == MIN_EPOCHS and big.validation_rows == 2000
+    small = training_plan(200, 2)  # a small file: more passes, at most MAX_EPOCHS
+    assert MIN_EPOCHS < small.epochs <= MAX_EPOCHS and small.validation_rows == 20
+    wide = training_plan(600, 60)  # 10 rows a class: >= 10 validation rows per class would take too much
+    assert wide.validation_rows == 150 and wide.epochs == MAX_EPOCHS
+    for plan in (many, big, small, wide):
+        assert plan.evaluations >= 2 * plan.epochs and plan.patience >= 2
+
+
+def test_the_written_recipe_selects_on_validation_and_stops_early(tmp_path):
+    recipe, text, _ = run_init(tmp_path, write_delimited(tmp_path / "d.tsv", agnews_rows(400), "\t",
+                                                         header=("text", "label")))
+    assert recipe.selection.enabled and recipe.selection.metric == "macro_f1"
+    assert recipe.selection.early_stopping_patience == 3
+    assert recipe.selection.validation_rows == 40  # 320 rows after the 20% eval share: 10 per class beats 10%
+    assert recipe.train["load_best_model_at_end"] is True  # filled by the recipe loader from selection
+    assert "# Model selection:" in text and "each of the 4 classes seen" in text
+
+
+def test_many_classes_keep_the_recipe_and_summary_readable(tmp_path):
+    rows = [(f"query number {i} about topic {i % 60}", f"intent_{i % 60:02d}") for i in range(1200)]
+    recipe, text, summary = run_init(tmp_path, write_delimited(tmp_path / "d.tsv", rows, "\t",
+                                                               header=("text", "label")))
+    assert len(recipe.data.label_names) == 60
+    assert max(len(line) for line in text.splitlines() if not line.startswith("#")) <= 120
+    assert "60 classes, 20 rows each" in text and len(summary.splitlines()) < 15
