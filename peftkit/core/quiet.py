@@ -4,6 +4,8 @@ What is dropped, each for a reason (STACK-NOTES has the details):
 
 * bitsandbytes on CPU logs "Failed to load CPU gemm_4bit_forward from kernels-community" at every import (it looks
   for an optional hub kernel package); harmless to results, read by users as an error.
+* kernels 0.19 (which bitsandbytes asks for its CPU kernel) logs "Skipping publisher trust check for
+  'kernels-community/...'" on every command while the hub is offline; peftkit never loads hub kernels.
 * DeepSpeed logs "Setting accelerator to CPU ..." when accelerate or transformers import it on a machine without a
   GPU; peftkit decides the device itself.
 * transformers logs a LOAD REPORT table when a checkpoint's weights and the model differ. peftkit checks the same
@@ -27,6 +29,7 @@ DROPPED_LOG_LINES = (
     ("bitsandbytes.backends.cpu.ops", "gemm_4bit_forward"),
     ("DeepSpeed", "Setting accelerator to CPU"),
     ("transformers.modeling_utils", "LOAD REPORT"),
+    ("kernels._internals.hf_hub", "Skipping publisher trust check"),
 )
 # (warning category, regex of the message to drop)
 DROPPED_WARNINGS = (
