@@ -82,7 +82,8 @@ class Budget:
 
 def final_reserve_s(validation_eval_s: float, eval_share: float, setup_s: float) -> float:
     """Seconds to keep for the winner's evaluation on the eval file: loading it (about a trial's set-up), plus
-    the slowest validation evaluation seen scaled by eval rows / validation rows, plus the fixed end."""
+    a validation evaluation (the longest steady one of any trial) scaled by eval rows / validation rows, plus
+    the fixed end."""
     return MIN_RESERVE_S + setup_s + validation_eval_s * max(0.0, eval_share)
 
 
@@ -131,8 +132,9 @@ def record_spent(study, budget: Budget) -> None:
 def deadline_callback(budget: Budget, reserve_s: Callable[[float], float], on_tick: Callable[[], None] | None = None):
     """A TrainerCallback that ends training when the trial deadline comes: budget end minus the final reserve.
 
-    ``reserve_s(slowest_validation_eval_s)`` gives the reserve; the callback feeds it the longest validation
-    evaluation it has seen (``eval_runtime``), so a slow evaluation moves the deadline earlier. At the deadline
+    ``reserve_s(validation_eval_s)`` gives the reserve; the callback feeds it this trial's steady validation
+    evaluation time (the fastest it has seen: the first one also pays one-off warm-up), so a slow evaluation
+    moves the deadline earlier. At the deadline
     it asks for one last evaluation and checkpoint, so the trial ends with a validation value and its adapter is
     the best one seen. ``on_tick`` runs every TICK_S seconds (the ledger update).
     """
@@ -140,13 +142,13 @@ def deadline_callback(budget: Budget, reserve_s: Callable[[float], float], on_ti
 
     class StopAtDeadline(TrainerCallback):
         def __init__(self) -> None:
-            self.slowest_eval_s = 0.0
+            self.eval_s: float | None = None
             self.stopped_at_step: int | None = None
             self.first_step_at: float | None = None
             self.last_tick = budget.clock()
 
         def stop_at(self) -> float:
-            return budget.trial_deadline(reserve_s(self.slowest_eval_s))
+            return budget.trial_deadline(reserve_s(self.eval_s or 0.0))
 
         def on_step_end(self, args, state, control, **kwargs):
             now = budget.clock()
@@ -163,9 +165,10 @@ def deadline_callback(budget: Budget, reserve_s: Callable[[float], float], on_ti
             return control
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            runtime = (metrics or {}).get("eval_runtime")
+            metrics = metrics or {}  # eval_runtime: the Trainer's loop; eval_seconds: label scoring (generative)
+            runtime = metrics.get("eval_runtime", metrics.get("eval_seconds"))
             if runtime is not None:
-                self.slowest_eval_s = max(self.slowest_eval_s, float(runtime))
+                self.eval_s = float(runtime) if self.eval_s is None else min(self.eval_s, float(runtime))
             return control
 
     return StopAtDeadline()

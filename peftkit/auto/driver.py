@@ -45,7 +45,7 @@ class AutoOptions:
 
 def auto_command(options: AutoOptions, clock: Clock = time.time) -> int:
     from peftkit.auto.arms import parse_models, prepare_arms
-    from peftkit.auto.search import Search, open_study, run_worker
+    from peftkit.auto.search import Search, fail_dead_local_trials, final_eval_share, open_study, run_worker
 
     started = clock()  # the budget counts from here: writing the base recipes is part of it
     total_s = parse_duration(options.budget)
@@ -54,15 +54,19 @@ def auto_command(options: AutoOptions, clock: Clock = time.time) -> int:
     out.mkdir(parents=True, exist_ok=True)
     arms = prepare_arms(options.train_file, parse_models(options.models), out, options.overrides)
     study = open_study(options.storage_url(), arms, worker_index=options.worker_index or 0)
+    search = Search(study, arms, out, final_eval_share(arms[0], options.eval_file, options.train_file),
+                    arms[0].sweep.metric, clock)
     if options.worker_index is not None:  # a worker: the session's budget comes from the study
-        run_worker(Search(study, arms, out, options.eval_file, options.train_file, clock))
+        run_worker(search)
         return 0
     already = float(study.user_attrs.get("spent_s", 0.0))
     budget = start_session(study, total_s, clock, started)
+    retried = fail_dead_local_trials(study)
+    if retried:
+        say(f"auto: trial(s) {', '.join(map(str, retried))} of the killed session run again first")
     if not study.get_trials(deepcopy=False):  # each arm's first trial: its base recipe as init wrote it
         for arm in arms:
             study.enqueue_trial({"arm": arm.name, **arm.defaults}, user_attrs={"recipe_as_written": True})
-    search = Search(study, arms, out, options.eval_file, options.train_file, clock)
     say(f"auto: {format_duration(total_s)} budget ({format_duration(already)} spent before), arms "
         f"{', '.join(a.name for a in arms)}; maximize validation {search.metric} on a split of the training rows "
         f"(the eval file is read once, for the winner); storage {options.storage_url()}")

@@ -48,16 +48,18 @@ def leaderboard_rows(search) -> list[dict[str, Any]]:
 
     rows = []
     for t in search.study.get_trials(deepcopy=False):
-        arm = search.arms.get(t.params.get("arm"))
+        params = t.params or t.system_attrs.get("fixed_params", {})  # a queued trial has only its fixed params
+        arm = search.arms.get(params.get("arm"))
         value = trial_value(t)
         pruned_at = t.user_attrs.get("pruned_at_step")
         rows.append({
-            "trial": t.number, "arm": t.params.get("arm"), "model": arm.model if arm else None,
+            "trial": t.number, "arm": params.get("arm"), "model": arm.model if arm else None,
             "method": arm.method if arm else None, "state": t.state.name.lower(),
+            "init_recipe": bool(t.user_attrs.get("recipe_as_written")),
             f"validation_{search.metric}": None if value is None else round(value, 4),
-            "learning_rate": t.user_attrs.get("learning_rate"), "r": t.params.get("adapter.r"),
-            "epochs": t.params.get("train.num_train_epochs"),
-            "batch_size": t.params.get("train.per_device_train_batch_size"),
+            "learning_rate": t.user_attrs.get("learning_rate", params.get("train.learning_rate")),
+            "r": params.get("adapter.r"), "epochs": params.get("train.num_train_epochs"),
+            "batch_size": params.get("train.per_device_train_batch_size"),
             "pruned_at_epoch": None if pruned_at is None else pruned_at / 100,
             "stopped_at_deadline": "stopped_at_deadline" in t.user_attrs,
             "seconds": t.user_attrs.get("seconds"), "elapsed_s": t.user_attrs.get("elapsed_s"),
@@ -78,7 +80,7 @@ def write_leaderboard(search, winner, final: dict[str, Any] | None, budget) -> N
         writer.writerows(rows)
     write_text_atomic(out / "leaderboard.csv", buffer.getvalue())
     write_text_atomic(out / "leaderboard.md", markdown(search, rows, key, winner, final, budget))
-    plot(rows, key, budget.total_s, out / "leaderboard.png")
+    plot(rows, key, budget.total_s, out / "leaderboard.png", maximize(search))
 
 
 def markdown(search, rows, key, winner, final, budget) -> str:
@@ -97,14 +99,19 @@ def markdown(search, rows, key, winner, final, budget) -> str:
         lines.append("")
     columns = [c for c in (rows[0] if rows else {}) if c not in ("run_dir", "model", "method")]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    ranked = sorted(rows, key=lambda r: (r[key] is None, -(r[key] or 0), r["trial"]))
+    sign = -1 if maximize(search) else 1
+    ranked = sorted(rows, key=lambda r: (r[key] is None, sign * (r[key] or 0), r["trial"]))
     for r in ranked:
         lines.append("| " + " | ".join("" if r[c] is None else f"{r[c]:.2e}" if c == "learning_rate" else str(r[c])
                                        for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict[str, Any]], key: str, budget_s: float, path: Path) -> None:
+def maximize(search) -> bool:
+    return search.study.direction.name == "MAXIMIZE"
+
+
+def plot(rows: list[dict[str, Any]], key: str, budget_s: float, path: Path, bigger_is_better: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,6 +128,10 @@ def plot(rows: list[dict[str, Any]], key: str, budget_s: float, path: Path) -> N
             chosen = [p for p in points if p[2] == state]
             if chosen:
                 ax.scatter([p[0] for p in chosen], [p[1] for p in chosen], marker=marker, color=line.get_color())
+    best = best_so_far(rows, key, bigger_is_better)
+    if best:
+        ax.step([p[0] for p in best], [p[1] for p in best], where="post", color="black", linewidth=1,
+                label="best complete so far")
     ax.axvline(budget_s / 60, color="grey", linestyle="--", label="budget")
     ax.set_xlabel("elapsed budget (minutes)")
     ax.set_ylabel(key.replace("_", " ", 1))
@@ -131,3 +142,14 @@ def plot(rows: list[dict[str, Any]], key: str, budget_s: float, path: Path) -> N
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def best_so_far(rows: list[dict[str, Any]], key: str, bigger_is_better: bool = True) -> list[tuple[float, float]]:
+    """(minutes, best complete validation value up to then): the curve the budget buys."""
+    done = sorted((r["elapsed_s"] / 60, r[key]) for r in rows
+                  if r["state"] == "complete" and r[key] is not None and r["elapsed_s"] is not None)
+    out: list[tuple[float, float]] = []
+    for minutes, value in done:
+        better = max if bigger_is_better else min
+        out.append((minutes, value if not out else better(out[-1][1], value)))
+    return out

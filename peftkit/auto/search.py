@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -48,15 +49,21 @@ def fidelity(state) -> int:
     return int(round(100 * (state.epoch or 0.0)))
 
 
-def open_study(storage_url: str, arms: list[Arm], seed: int = 42, worker_index: int = 0):
+def quiet_optuna() -> None:
     import warnings
 
     import optuna
 
-    from peftkit.sweep.study import open_storage
-
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are in the trial lines and logs
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry
+
+
+def open_study(storage_url: str, arms: list[Arm], seed: int = 42, worker_index: int = 0):
+    import optuna
+
+    from peftkit.sweep.study import open_storage
+
+    quiet_optuna()
 
     sampler = optuna.samplers.TPESampler(seed=seed + worker_index, n_startup_trials=max(4, 2 * len(arms)))
     pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=MIN_RESOURCE, reduction_factor=REDUCTION_FACTOR)
@@ -74,33 +81,65 @@ def open_study(storage_url: str, arms: list[Arm], seed: int = 42, worker_index: 
     return study
 
 
+def final_eval_share(arm: Arm, eval_file: str | None, train_file: str) -> float:
+    """The final evaluation's size against one validation evaluation (see budget.eval_share)."""
+    recipe = arm.sweep.trial_recipe({}, "check")
+    return eval_share(recipe.selection.validation_fraction or 0.1, None if eval_file else recipe.data.eval_fraction,
+                      Path(eval_file).stat().st_size if eval_file else None, Path(train_file).stat().st_size)
+
+
+def fail_dead_local_trials(study) -> list[int]:
+    """Trials left running by a killed worker of this machine (its process is gone): failed now and queued to
+    run again, instead of waiting out the heartbeat's grace period. Other machines' trials are left to the
+    heartbeat."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("worker_pid")
+        if t.user_attrs.get("host") != socket.gethostname() or not pid or process_alive(int(pid)):
+            continue
+        # what optuna's fail_stale_trials does, without waiting for the heartbeat's grace period
+        study._storage.set_trial_user_attr(t._trial_id, "error", f"its worker (pid {pid}) was killed")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        failed.append(t.number)
+    return failed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 class Search:
     """What every trial of one worker needs: the arms, the budget, where logs go, how the reserve is set."""
 
-    def __init__(self, study, arms: list[Arm], out: Path, eval_file: str | None, train_file: str,
+    def __init__(self, study, arms: list[Arm], out: Path, share: float, metric: str,
                  clock: Clock = time.time) -> None:
         self.study, self.arms, self.out, self.clock = study, {a.name: a for a in arms}, out, clock
-        self.metric = arms[0].sweep.metric
-        recipe = arms[0].sweep.trial_recipe({}, "check")
-        self.share = eval_share(recipe.selection.validation_fraction or 0.1,
-                                None if eval_file else recipe.data.eval_fraction,
-                                Path(eval_file).stat().st_size if eval_file else None, Path(train_file).stat().st_size)
+        self.share, self.metric = share, metric
         self.stopped_trial: int | None = None
 
     def budget(self) -> Budget:
         return current_session(self.study, self.clock)
 
     def observed(self) -> tuple[float, float]:
-        """(slowest validation evaluation, longest set-up) over the trials so far, in seconds."""
+        """(longest steady validation evaluation, longest set-up) over the trials so far, in seconds."""
         evals, setups = [0.0], [0.0]
         for t in self.study.get_trials(deepcopy=False):
-            evals.append(float(t.user_attrs.get("slowest_eval_s", 0.0)))
+            evals.append(float(t.user_attrs.get("eval_s", 0.0)))
             setups.append(float(t.user_attrs.get("setup_s", 0.0)))
         return max(evals), max(setups)
 
-    def reserve(self, slowest_eval_s: float = 0.0) -> float:
+    def reserve(self, eval_s: float = 0.0) -> float:
         seen_eval, setup = self.observed()
-        return final_reserve_s(max(seen_eval, slowest_eval_s), self.share, setup)
+        return final_reserve_s(max(seen_eval, eval_s), self.share, setup)
 
     def may_start_trial(self) -> bool:
         _, setup = self.observed()
@@ -122,6 +161,7 @@ class Search:
         trial.set_user_attr("run_dir", recipe.output_dir)
         trial.set_user_attr("log", str(log))
         trial.set_user_attr("worker_pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("learning_rate", params["train.learning_rate"])
         budget = self.budget()
         reporter = report_callback(trial, self.metric, arm.sweep.direction, pruning=True, warmup=1,
@@ -147,7 +187,7 @@ class Search:
         setup = (clock_stop.first_step_at or now) - started
         trial.set_user_attr("seconds", round(now - started, 1))
         trial.set_user_attr("setup_s", round(setup, 1))
-        trial.set_user_attr("slowest_eval_s", round(clock_stop.slowest_eval_s, 2))
+        trial.set_user_attr("eval_s", round(clock_stop.eval_s or 0.0, 2))
         trial.set_user_attr("elapsed_s", round(budget.spent(), 1))
         trial.set_user_attr("evaluations", reporter.values)
         if reporter.best is not None:
@@ -159,7 +199,8 @@ class Search:
 
 def run_worker(search: Search, objective: Callable | None = None) -> int:
     """Trials, one at a time, while the budget allows a new one; returns how many this worker ran."""
-    objective = objective or search.run_trial
+    quiet_optuna()
+    objective = keeping_the_error(objective or search.run_trial)
     ran = 0
     while search.may_start_trial():
         search.study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[trial_line(search)],
@@ -172,14 +213,30 @@ def run_worker(search: Search, objective: Callable | None = None) -> int:
     return ran
 
 
+def keeping_the_error(objective: Callable) -> Callable:
+    """The objective, with a failed trial's error kept in its user attributes (for its line and the give-up)."""
+    import optuna
+
+    def run(trial):
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            raise
+
+    return run
+
+
 def give_up_if_all_failed(study) -> None:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     if len(trials) >= GIVE_UP_AFTER_FAILURES and all(t.state == TrialState.FAIL for t in trials):
-        reason = trials[-1].system_attrs.get("fail_reason", "see the trial logs")
-        raise PeftkitError(f"the first {len(trials)} trials all failed; the last: {reason.splitlines()[-1][:300]} "
-                           f"(log: {trials[-1].user_attrs.get('log', '?')})")
+        last = trials[-1].user_attrs
+        raise PeftkitError(f"the first {len(trials)} trials all failed; the last: {last.get('error', '?')} "
+                           f"(log: {last.get('log', 'none')})")
 
 
 def trial_line(search: Search):
@@ -197,7 +254,7 @@ def describe_trial(trial, metric: str, budget_s: float) -> str:
     value = trial.value if trial.value is not None else attrs.get("best_value")
     shown = f"validation {metric} {value:.4f}" if value is not None else f"no validation {metric}"
     how = {"complete": "", "pruned": f", pruned at {attrs.get('pruned_at_step', 0) / 100:.2f} epochs",
-           "fail": f", failed (log: {attrs.get('log')})"}.get(state, f", {state}")
+           "fail": f", failed: {attrs.get('error', '?')[:200]} (log: {attrs.get('log')})"}.get(state, f", {state}")
     if "stopped_at_deadline" in attrs:
         how += ", stopped at the deadline"
     settings = (f"lr {attrs.get('learning_rate', params.get('train.learning_rate', 0)):.2e} "
