@@ -74,10 +74,12 @@ def auto_command(options: AutoOptions, clock: Clock = time.time) -> int:
         if options.workers == 1:
             run_worker(search)
         else:
+            from peftkit.auto.search import echo_trial_lines
             from peftkit.sweep.driver import run_worker_processes
 
-            run_worker_processes([[*options.command(), "--worker-index", str(k)] for k in range(options.workers)],
-                                 out / "workers", "auto")
+            with echo_trial_lines(search):  # the workers' trial lines on this console too
+                run_worker_processes([[*options.command(), "--worker-index", str(k)]
+                                      for k in range(options.workers)], out / "workers", "auto")
         finish(search, options, budget)
     finally:
         record_spent(study, budget)

@@ -255,6 +255,8 @@ def describe_trial(trial, metric: str, budget_s: float) -> str:
     shown = f"validation {metric} {value:.4f}" if value is not None else f"no validation {metric}"
     how = {"complete": "", "pruned": f", pruned at {attrs.get('pruned_at_step', 0) / 100:.2f} epochs",
            "fail": f", failed: {attrs.get('error', '?')[:200]} (log: {attrs.get('log')})"}.get(state, f", {state}")
+    if attrs.get("error", "").startswith("RunStopped"):
+        how = ", stopped by a signal (it runs again when you resume)"
     if "stopped_at_deadline" in attrs:
         how += ", stopped at the deadline"
     settings = (f"lr {attrs.get('learning_rate', params.get('train.learning_rate', 0)):.2e} "
@@ -262,6 +264,37 @@ def describe_trial(trial, metric: str, budget_s: float) -> str:
                 f"batch {params.get('train.per_device_train_batch_size')}")
     return (f"auto [{format_duration(attrs.get('elapsed_s', 0))}/{format_duration(budget_s)}] trial {trial.number} "
             f"{params.get('arm', '?')} {settings}: {shown}{how} ({attrs.get('seconds', 0)} s)")
+
+
+@contextlib.contextmanager
+def echo_trial_lines(search: Search, every_s: float = 2.0):
+    """While worker processes run the trials: print each trial's line when it finishes (read from the study)."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    done = {t.number for t in search.study.get_trials(deepcopy=False) if t.state.is_finished()}
+    stop = threading.Event()
+
+    def echo() -> None:
+        budget_s = float(search.study.user_attrs.get("budget_s", 0))
+        for t in search.study.get_trials(deepcopy=False):
+            if t.state.is_finished() and t.number not in done and t.state != TrialState.WAITING:
+                done.add(t.number)
+                say(describe_trial(t, search.metric, budget_s))
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            echo()
+
+    thread = threading.Thread(target=loop, name="auto-trial-lines", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        echo()
 
 
 @contextlib.contextmanager
