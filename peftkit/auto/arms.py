@@ -5,8 +5,10 @@ An encoder gets a classification head; a causal LM gets both generative classifi
 likelihood) and a classification head. Each arm's base recipe is what ``peftkit init TRAIN --model M --task T``
 writes (``OUT/recipes/ARM.yaml``, written once and read back, so a resumed search keeps the recipes it started
 with); its trials are built from it by ``peftkit sweep``'s Sweep (validation split, trial folders, evaluation
-off in trials). The space, the same keys for every arm: learning rate (log range around the arm's own), LoRA
-rank (lora_alpha keeps init's alpha/r ratio), epochs (1 to twice init's) and batch size.
+off in trials), and its first trial is that recipe as written (the baseline the search has to beat). The
+space, the same keys for every arm: learning rate (0.2x to 3x the arm's own, log scale), LoRA rank (lora_alpha
+keeps init's alpha/r ratio), epochs (1 to twice init's, at most 20) and batch size. Prompt and label words of
+the generative form stay as init writes them.
 """
 
 from __future__ import annotations
