@@ -114,7 +114,7 @@ def finish(search, options: AutoOptions, budget) -> None:
     if winner is not None:
         arm = search.arms[winner.params["arm"]]
         write_best_recipe(search, arm, winner, options)
-        final = final_evaluation(study, winner, options.eval_file)
+        final = final_evaluation(study, winner, options.eval_file, search.out)
         link_winner(options.out_dir(), Path(winner.user_attrs["run_dir"]))
         say(f"auto: winner trial {winner.number} {arm.name}, validation {search.metric} "
             f"{trial_value(winner):.4f}; on {final['data']}: " + ", ".join(
@@ -135,7 +135,7 @@ def choose_winner(study):
     return pick(complete, key=lambda t: (t.value, -t.number) if pick is max else (t.value, t.number))
 
 
-def final_evaluation(study, winner, eval_file: str | None) -> dict[str, Any]:
+def final_evaluation(study, winner, eval_file: str | None, out: Path) -> dict[str, Any]:
     """The winner's adapter on the eval file (or the rows init held out), once: a resumed search whose winner did
     not change reuses the stored result instead of reading the eval file again."""
     stored = study.user_attrs.get("final_evaluation")
@@ -145,7 +145,7 @@ def final_evaluation(study, winner, eval_file: str | None) -> dict[str, Any]:
     from peftkit.run import evaluate_saved_run
 
     run_dir = winner.user_attrs["run_dir"]
-    with output_to(Path(run_dir).parent.parent / "logs" / "final-evaluation.log"):
+    with output_to(out / "logs" / "final-evaluation.log"):
         metrics = evaluate_saved_run(run_dir, eval_file)
     result = {"trial": winner.number, "eval_file": eval_file, "data": metrics.get("data_file", eval_file),
               **{k: float(metrics[k]) for k in ("accuracy", "macro_f1") if k in metrics}}

@@ -232,7 +232,10 @@ def keeping_the_error(objective: Callable) -> Callable:
 def give_up_if_all_failed(study) -> None:
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    def interrupted(t) -> bool:  # killed or signalled: says nothing about the model or the data
+        return t.user_attrs.get("error", "").startswith(("RunStopped", "its worker"))
+
+    trials = [t for t in study.get_trials(deepcopy=False) if not interrupted(t) and t.state != TrialState.WAITING]
     if len(trials) >= GIVE_UP_AFTER_FAILURES and all(t.state == TrialState.FAIL for t in trials):
         last = trials[-1].user_attrs
         raise PeftkitError(f"the first {len(trials)} trials all failed; the last: {last.get('error', '?')} "
