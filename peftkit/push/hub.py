@@ -23,7 +23,6 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
-from peftkit.push.card import build_model_card, load_run_record, looks_like_hub_id, public_recipe, resolve_base_hub_id
 
 STAGING_DIRNAME = "push_staging"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -82,6 +81,9 @@ def push_run(
     Returns the staging folder, which is kept after the push as the record of what was uploaded.
     `endpoint` defaults to $HF_ENDPOINT, then https://huggingface.co.
     """
+    # lazily, here and below: card imports torch, and `peftkit CMD --help` must not
+    from peftkit.push.card import load_run_record, resolve_base_hub_id
+
     run_dir = Path(run_dir)
     _validate_repo_id(repo_id)
     run = load_run_record(run_dir)
@@ -110,6 +112,8 @@ def push_run(
 
 def _validate_repo_id(repo_id: str) -> None:
     """Require ORG/NAME: a bare name would land in whichever namespace the token belongs to."""
+    from peftkit.push.card import looks_like_hub_id  # lazily: it imports torch
+
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not looks_like_hub_id(repo_id):
         raise PeftkitError(
             f"--repo-id {repo_id!r} is not a hub repo id of the form ORG/NAME "
@@ -172,6 +176,8 @@ def _stage(run_dir: Path, source_dir: Path, *, merged: bool, repo_id: str, base_
 
 def _fill_staging(staging: Path, run_dir: Path, source_dir: Path, *, merged: bool, repo_id: str, base_id: str) -> None:
     """Write the exact set of files to upload into `staging`."""
+    from peftkit.push.card import build_model_card  # lazily: it imports torch
+
     for src in sorted(source_dir.iterdir()):
         if src.is_file() and src.name not in REPLACED_FILES:
             _link_or_copy(src, staging / src.name)
@@ -207,6 +213,8 @@ def _rewrite_base_model(config_path: Path, base_id: str) -> None:
 
 def _stage_recipe(src: Path, dst: Path) -> None:
     """Copy recipe.yaml, dropping credential keys (e.g. train.hub_token) if the user put any there."""
+    from peftkit.push.card import public_recipe  # lazily: it imports torch
+
     recipe, dropped = public_recipe(yaml.safe_load(src.read_text(encoding="utf-8")))
     if not dropped:
         _link_or_copy(src, dst)

@@ -60,15 +60,21 @@ def sweep_command(path: str, overrides: list[str], worker_index: int | None = No
 
 def start_workers(sweep: Sweep) -> None:
     """sweep.workers processes on this machine, each `peftkit sweep RECIPE --worker-index K`, logs in OUT/workers."""
-    logs = sweep.out / "workers"
+    commands = [["sweep", sweep.path, *sweep.overrides, "--worker-index", str(k)] for k in range(sweep.spec.workers)]
+    run_worker_processes(commands, sweep.out / "workers", f"sweep {sweep.study_name}")
+
+
+def run_worker_processes(commands: list[list[str]], logs: Path, label: str) -> None:
+    """`peftkit COMMAND...` once per command, in parallel, each logging to logs/worker-K.log; wait for all.
+    SIGTERM or Ctrl-C here is passed on to every worker (each saves and stops its trial). Also `peftkit auto`'s."""
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     procs = []
-    for k in range(sweep.spec.workers):
+    for k, args in enumerate(commands):
         log = (logs / f"worker-{k}.log").open("a", encoding="utf-8")
-        command = [sys.executable, "-m", "peftkit", "sweep", sweep.path, *sweep.overrides, "--worker-index", str(k)]
+        command = [sys.executable, "-m", "peftkit", *args]
         procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
-    say(f"sweep {sweep.study_name}: {len(procs)} worker processes (pids "
+    say(f"{label}: {len(procs)} worker processes (pids "
         f"{', '.join(str(p.pid) for p, _ in procs)}), logs in {logs}")
     def forward(signum, frame):  # SIGTERM to the sweep stops its workers too (each saves and stops its trial)
         raise KeyboardInterrupt
@@ -88,7 +94,7 @@ def start_workers(sweep: Sweep) -> None:
         for _, log in procs:
             log.close()
     if any(codes):
-        say(f"sweep {sweep.study_name}: worker exit codes {codes} (see {logs})")
+        say(f"{label}: worker exit codes {codes} (see {logs})")
 
 
 def trial_rows(sweep: Sweep, study) -> list[dict[str, Any]]:

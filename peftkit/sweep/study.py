@@ -186,8 +186,11 @@ def load_study(sweep: Sweep, worker_index: int = 0):
                                sampler=sampler, pruner=pruner, direction=sweep.direction, load_if_exists=True)
 
 
-def report_callback(trial, metric: str, direction: str, pruning: bool, warmup: int):
-    """A TrainerCallback that reports each validation evaluation to Optuna, keeps the best, and prunes."""
+def report_callback(trial, metric: str, direction: str, pruning: bool, warmup: int, step_of=None):
+    """A TrainerCallback that reports each validation evaluation to Optuna, keeps the best, and prunes.
+
+    ``step_of(state)`` is the step each value is reported at (default: the optimizer step; `peftkit auto`
+    reports hundredths of an epoch, so trials of different batch sizes meet at the same pruning rungs)."""
     from transformers import TrainerCallback
 
     class ReportToOptuna(TrainerCallback):
@@ -203,16 +206,17 @@ def report_callback(trial, metric: str, direction: str, pruning: bool, warmup: i
             if value is None:
                 return control
             value = float(value)
-            self.values.append((state.global_step, value))
+            step = state.global_step if step_of is None else step_of(state)
+            self.values.append((step, value))
             better = (lambda a, b: a > b) if direction == "maximize" else (lambda a, b: a < b)
             if self.best is None or better(value, self.best):
                 self.best = value
-            trial.report(value, step=state.global_step)
+            trial.report(value, step=step)
             if pruning and len(self.values) >= warmup and trial.should_prune():
-                self.pruned_at = state.global_step
-                trial.set_user_attr("pruned_at_step", state.global_step)
+                self.pruned_at = step
+                trial.set_user_attr("pruned_at_step", step)
                 trial.set_user_attr("evaluations", self.values)
-                raise optuna.TrialPruned(f"validation {metric} {value:.4f} at step {state.global_step} is below the "
+                raise optuna.TrialPruned(f"validation {metric} {value:.4f} at step {step} is below the "
                                          "median of earlier trials")
             return control
 

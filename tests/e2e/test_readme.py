@@ -44,6 +44,8 @@ COVERED = {
     "peftkit sweep": ("tests/unit/test_sweep.py", '"peftkit", "sweep"'),
     "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/test_sweep.py",
                                                               'load_recipe(out / "best_recipe.yaml")'),
+    # a budgeted search: tests/e2e/test_auto_cli.py runs `peftkit auto --budget 60s`, killed and resumed
+    "peftkit auto": ("tests/e2e/test_auto_cli.py", '"peftkit", "auto"'),
     # augment and distillation: tests/e2e/test_distill_cli.py runs both commands on tiny models
     "peftkit augment": ("tests/e2e/test_distill_cli.py", 'main(["augment"'),
     "peftkit train recipes/sst2/minilm_distill_smollm2.yaml": ("tests/e2e/test_distill_cli.py", 'task="distillation"'),
