@@ -78,9 +78,11 @@ def arm_auto(name: str, out: Path, budget: str) -> dict:
     if code:
         raise SystemExit(f"{name}/c: auto failed, see {where / 'auto.log'}")
     summary = json.loads((where / "auto" / "auto_summary.json").read_text())
-    return {"accuracy": summary.get("eval_accuracy"), "macro_f1": summary.get("eval_macro_f1"),
+    final = summary.get("final_evaluation") or {}
+    return {"accuracy": final.get("accuracy"), "macro_f1": final.get("macro_f1"),
             "validation": summary.get("best_validation"), "wall_s": round(wall), "peak_gib": round(peak, 2),
-            "budget": budget, "command": " ".join(["peftkit", *cmd[3:]])}
+            "budget": budget, "trials": summary["trials"], "pruned": summary["pruned"],
+            "command": " ".join(["peftkit", *cmd[3:]])}
 
 
 def table(results: dict) -> str:

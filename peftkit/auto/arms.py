@@ -72,9 +72,12 @@ def arm_names(models: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
-def prepare_arms(train_file: str, models: list[str], out: Path, overrides: list[str] = ()) -> list[Arm]:
+def prepare_arms(train_file: str, models: list[str], out: Path, overrides: list[str] = (),
+                 eval_file: str | None = None) -> list[Arm]:
     """Every arm with its base recipe (written by `peftkit init` once, then read back) and its search space.
-    ``overrides`` (section.key=value) apply to every arm's recipe, as on `peftkit train`."""
+    ``overrides`` (section.key=value) apply to every arm's recipe, as on `peftkit train`. With an eval file, the
+    trials name it (so no training row is held out for it) but never evaluate on it (Sweep.trial_raw): only the
+    winner reads it."""
     from peftkit.recipe import read_yaml
     from peftkit.recipe.loading import apply_override
 
@@ -84,7 +87,7 @@ def prepare_arms(train_file: str, models: list[str], out: Path, overrides: list[
     if fixed:
         raise PeftkitError(f"{', '.join(fixed)}: auto searches that key; leave it out (or use peftkit train)")
     named = arm_names(models)
-    paths = [write_base_recipe(name, model, method, train_file, out) for name, model, method in named]
+    paths = [write_base_recipe(name, model, method, train_file, out, eval_file) for name, model, method in named]
     raws = [read_yaml(p) for p in paths]
     for raw in raws:
         for item in overrides:
@@ -105,14 +108,17 @@ def section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return raw.get(name) or {}
 
 
-def write_base_recipe(name: str, model: str, method: str, train_file: str, out: Path) -> Path:
+def write_base_recipe(name: str, model: str, method: str, train_file: str, out: Path,
+                      eval_file: str | None = None) -> Path:
     from peftkit.init.recipe_writer import init_recipe
 
     path = out / "recipes" / (re.sub(r"[^A-Za-z0-9_.-]+", "-", name) + ".yaml")
     if not path.is_file():  # written once: a resumed search keeps its base recipes
         path.parent.mkdir(parents=True, exist_ok=True)
-        init_recipe(train_file, model=model, task=method, out=str(path), output_dir=str(out))
-        say(f"auto: {name}: base recipe {path} (peftkit init {train_file} --model {model} --task {method})")
+        init_recipe(train_file, eval_file, model=model, task=method, out=str(path), output_dir=str(out))
+        said_eval = f" --eval {eval_file}" if eval_file else ""
+        say(f"auto: {name}: base recipe {path} (peftkit init {train_file}{said_eval} --model {model} "
+            f"--task {method})")
     return path
 
 

@@ -52,7 +52,8 @@ def auto_command(options: AutoOptions, clock: Clock = time.time) -> int:
     check_inputs(options)
     out = options.out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    arms = prepare_arms(options.train_file, parse_models(options.models), out, options.overrides)
+    arms = prepare_arms(options.train_file, parse_models(options.models), out, options.overrides,
+                        options.eval_file)
     study = open_study(options.storage_url(), arms, worker_index=options.worker_index or 0)
     search = Search(study, arms, out, final_eval_share(arms[0], options.eval_file, options.train_file),
                     arms[0].sweep.metric, clock)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.auto.budget import format_duration
-from peftkit.core.atomic import write_text_atomic
+from peftkit.core.atomic import write_json_atomic, write_text_atomic
 
 BEST_RECIPE = "best_recipe.yaml"
+SUMMARY = "auto_summary.json"
 
 
 def trial_params(arm, trial) -> dict[str, Any]:
@@ -29,9 +30,10 @@ def write_best_recipe(search, arm, winner, options) -> Path:
 
     params = trial_params(arm, winner)
     raw = arm.sweep.trial_raw(params, "best", final=True)
-    if options.eval_file:  # retraining uses every training row and evaluates on the eval file
+    if options.eval_file:  # retraining evaluates on the eval file (the trials named it but never read it)
         raw["data"]["eval_file"] = options.eval_file
         raw["data"].pop("eval_fraction", None)
+        raw.setdefault("evaluate", {})["enabled"] = True
     path = options.out_dir() / BEST_RECIPE
     header = (f"# peftkit train {path}\n"
               f"# The best of `peftkit auto` ({options.train_file}, budget {options.budget}): trial {winner.number}, "
@@ -81,6 +83,22 @@ def write_leaderboard(search, winner, final: dict[str, Any] | None, budget) -> N
     write_text_atomic(out / "leaderboard.csv", buffer.getvalue())
     write_text_atomic(out / "leaderboard.md", markdown(search, rows, key, winner, final, budget))
     plot(rows, key, budget.total_s, out / "leaderboard.png", maximize(search))
+    write_json_atomic(out / SUMMARY, summary(search, rows, key, winner, final, budget))
+
+
+def summary(search, rows, key: str, winner, final: dict[str, Any] | None, budget) -> dict[str, Any]:
+    """The search in one JSON file, for scripts (benchmarks/bench_auto.py reads it)."""
+    from peftkit.auto.search import trial_value
+
+    states = [r.get("state") for r in rows]
+    return {
+        "budget_s": budget.total_s, "spent_s": round(budget.spent(), 1), "trials": len(rows),
+        "complete": states.count("complete"), "pruned": states.count("pruned"), "metric": search.metric,
+        "winner_trial": winner.number if winner is not None else None,
+        "winner_run_dir": winner.user_attrs.get("run_dir") if winner is not None else None,
+        "best_validation": trial_value(winner) if winner is not None else None,
+        "final_evaluation": final,
+    }
 
 
 def markdown(search, rows, key, winner, final, budget) -> str:
