@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.procs import assert_same_run, complete_steps, marker, run_to_end, start, write_resume_recipe
+from tests.helpers.procs import assert_same_run, complete_steps, marker, run_to_end, start, write_resume_recipe
 
 pytestmark = pytest.mark.distributed
 

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli, torch_threads, write_recipe
-from tests.multitask_fixtures import agnews_small, gen_recipe, multitask_recipe, sst2_data
+from tests.helpers.multitask_fixtures import agnews_small, gen_recipe, multitask_recipe, sst2_data
 
 
 @pytest.mark.slow  # ~50 s of CPU: three runs, a merge and evaluations

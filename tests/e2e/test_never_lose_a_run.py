@@ -1,6 +1,6 @@
 """Never lose a run: real `peftkit train` processes killed, signalled and resumed, compared with an uninterrupted run.
 
-Recipe (tests/procs.resume_recipe): the tiny random Llama, 12 optimizer steps of 4 rows drawn from a seeded
+Recipe (tests/helpers/procs.resume_recipe): the tiny random Llama, 12 optimizer steps of 4 rows drawn from a seeded
 40-row subset (10 steps per epoch, so resumed runs cross an epoch boundary), a checkpoint every 4 steps,
 lora_dropout 0.1 (so the dropout RNG must be restored too), one log entry per step.
 
@@ -13,9 +13,9 @@ below; on this data they differ by 2e-4 or more, float noise would be ~1e-7). Me
 every loss, grad norm and adapter tensor. The one exception is train_summary.json's whole-run train_loss, which a
 resumed run sums in another order: equal within rel 1e-12 (before the fix it was off by 1.1e-3).
 If a platform ever needs a tolerance (another BLAS that picks kernels by thread timing), it belongs in
-tests/procs.assert_same_run, not here.
+tests/helpers/procs.assert_same_run, not here.
 
-Every process runs with planted secrets in its environment (tests/procs.PLANTED); the last test scans what the
+Every process runs with planted secrets in its environment (tests/helpers/procs.PLANTED); the last test scans what the
 reference run and a `peftkit evaluate` wrote.
 """
 
@@ -30,7 +30,7 @@ import pytest
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from tests.procs import (
+from tests.helpers.procs import (
     PLANTED,
     REPO,
     assert_same_run,
@@ -85,7 +85,7 @@ def test_kill_9_after_a_checkpoint_then_kill_9_during_a_save_then_resume(referen
     assert done and done[-1] < 12, f"kill came too late: {done}"
     assert not (run_dir / "adapter").exists()
 
-    # (without --resume these checkpoints are an error, not a silent restart: tests/unit/test_hostile_inputs.py)
+    # (without --resume these checkpoints are an error, not a silent restart: tests/unit/test_bad_input_changes_nothing.py)
 
     # 2. resume, and SIGKILL it in the middle of writing its first checkpoint (half a safetensors file on disk)
     hang = tmp_path / "save-started"

@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import REPO, SST2
-from tests.sft_fixtures import tiny_causal_dir  # noqa: F401
+from tests.helpers.sft_fixtures import tiny_causal_dir  # noqa: F401
 
 README = REPO / "README.md"
 SHORTEN = ["train.max_steps=2"]
@@ -32,17 +32,17 @@ COVERED = {
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
-    "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),  # from the repo root
-    "python benchmarks/bench_classification.py": ("tests/unit/test_bench_helpers.py", "bench"),
+    "peftkit validate recipes/": ("tests/unit/recipe/test_shipped_recipes.py", "check_recipe_inputs(recipe)"),  # from the repo root
+    "python benchmarks/bench_classification.py": ("tests/unit/benchmarks/test_bench_helpers.py", "bench"),
     # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
     "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
     "PEFTKIT_API_KEY=": ("tests/e2e/test_serve.py", "PEFTKIT_API_KEY"),
     "curl -s localhost:8000/v1/classify": ("tests/e2e/test_serve.py", "/v1/classify"),
     "pip install 'peftkit[serve]'": ("pyproject.toml", "serve = ["),
     "pip install 'peftkit[search]'": ("pyproject.toml", "search = ["),
-    # a sweep runs many trainings: tests/unit/test_sweep.py runs real sweeps (two workers on one storage, resume)
-    "peftkit sweep": ("tests/unit/test_sweep.py", '"peftkit", "sweep"'),
-    "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/test_sweep.py",
+    # a sweep runs many trainings: tests/unit/sweep/test_sweep.py runs real sweeps (two workers on one storage, resume)
+    "peftkit sweep": ("tests/unit/sweep/test_sweep.py", '"peftkit", "sweep"'),
+    "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/sweep/test_sweep.py",
                                                               'load_recipe(out / "best_recipe.yaml")'),
     # augment and distillation: tests/e2e/test_distill_cli.py runs both commands on tiny models
     "peftkit augment": ("tests/e2e/test_distill_cli.py", 'main(["augment"'),
