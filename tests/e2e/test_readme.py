@@ -33,7 +33,7 @@ COVERED = {
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
     "peftkit validate recipes/": ("tests/unit/recipe/test_shipped_recipes.py", "check_recipe_inputs(recipe)"),  # from the repo root
-    "python benchmarks/bench_classification.py": ("tests/unit/benchmarks/test_bench_helpers.py", "bench"),
+    "python -m benchmarks.speed.bench_classification": ("tests/unit/benchmarks/test_bench_helpers.py", "bench"),
     # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
     "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
     "PEFTKIT_API_KEY=": ("tests/e2e/test_serve.py", "PEFTKIT_API_KEY"),
@@ -56,7 +56,7 @@ COVERED = {
     "peftkit train recipes/sst2/smollm2_lora_gen.yaml adapter.init_from=": ("tests/e2e/test_multitask_cli.py",
                                                                            '["adapter"]["init_from"]'),
     "peftkit merge-adapters": ("tests/e2e/test_multitask_cli.py", '"merge-adapters"'),
-    "python benchmarks/bench_multitask.py": ("benchmarks/README.md", "python benchmarks/bench_multitask.py"),
+    "python -m benchmarks.quality.bench_multitask": ("benchmarks/README.md", "python -m benchmarks.quality.bench_multitask"),
 }
 
 

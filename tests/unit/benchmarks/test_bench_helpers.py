@@ -1,17 +1,12 @@
-"""The benchmark machinery's arithmetic (benchmarks/common.py, benchmarks/worker.py): ratios, the strided epoch
+"""The benchmark machinery's arithmetic (benchmarks/lib/common.py, benchmarks/lib/worker.py): ratios, the strided epoch
 samples and the epoch-time model. No timing here: speed is measured by the benchmarks themselves."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-
-from common import ratio_stats  # noqa: E402
-from worker import StridedEpoch, epoch_padding, epoch_time_model  # noqa: E402
+from benchmarks.lib.common import ratio_stats
+from benchmarks.lib.worker import StridedEpoch, epoch_padding, epoch_time_model
 
 
 def test_ratios_pair_rounds_and_orient_by_what_is_better():
@@ -76,14 +71,14 @@ def test_epoch_padding_counts_useful_tokens_and_padded_positions():
     assert report["padding_fraction"] == pytest.approx(0.25)
 
 
-# ---- MFU: the FLOP count per token and the measured matmul peak (benchmarks/mfu.py) ------------------------------
+# ---- MFU: the FLOP count per token and the measured matmul peak (benchmarks/lib/mfu.py) ------------------------------
 
 TINY = {"model_type": "llama", "hidden_size": 8, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 1, "head_dim": 4, "intermediate_size": 16, "vocab_size": 10}
 
 
 def test_flops_per_token_match_a_hand_count():
-    from mfu import flops_per_token
+    from benchmarks.lib.mfu import flops_per_token
 
     # per layer: q 8x8 + o 8x8 + k 8x4 + v 8x4 = 192, gated MLP 3 x 8x16 = 384 -> 576; 2 layers -> 1152 weights
     # forward: 2 x 1152 + attention 4 x 2 layers x context 5 x (2 heads x 4) = 2304 + 320 = 2624; LM head 2 x 8 x 10
@@ -101,8 +96,9 @@ def test_flops_per_token_match_a_hand_count():
 def test_body_weights_counted_are_the_linear_layers_of_a_real_model():
     """The config-based count against the nn.Linear weights of a tiny Llama built from that config."""
     import torch
-    from mfu import body_matmul_params, model_facts
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.lib.mfu import body_matmul_params, model_facts
 
     config = LlamaConfig(**{k: v for k, v in TINY.items() if k != "model_type"})
     model = LlamaForCausalLM(config)
@@ -114,7 +110,8 @@ def test_body_weights_counted_are_the_linear_layers_of_a_real_model():
 
 def test_matmul_peak_reports_gflops_per_dtype_and_shape_and_restores_threads():
     import torch
-    from mfu import best_peak, matmul_peak
+
+    from benchmarks.lib.mfu import best_peak, matmul_peak
 
     threads = torch.get_num_threads()
     peak = matmul_peak(1, shapes=((8, 8, 8), (4, 8, 16)), repeats=2, min_seconds=0.001)
@@ -129,7 +126,7 @@ def test_matmul_peak_reports_gflops_per_dtype_and_shape_and_restores_threads():
 
 
 def test_mfu_is_model_flops_per_second_over_the_peak():
-    from mfu import flops_per_token, mfu
+    from benchmarks.lib.mfu import flops_per_token, mfu
 
     facts = {"config": TINY, "trainable_params": 100, "lm_head_every_token": True, "recompute": False}
     run = {"model_facts": facts, "context_tokens": 5, "useful_tokens_per_s": 1e6}

@@ -1,17 +1,12 @@
-"""benchmarks/profile_categories.py: the rules that sort profiler records into the step-time table, on hand-made
+"""benchmarks/lib/profile_categories.py: the rules that sort profiler records into the step-time table, on hand-made
 records shaped like SmolLM2 + LoRA r16 ones (hidden 576, kv 192, MLP 1536, vocabulary 49,152, 2 labels).
-No timing: the profile itself is measured by benchmarks/profile_step.py."""
+No timing: the profile itself is measured by benchmarks/speed/profile_step.py."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-
-from profile_categories import (  # noqa: E402
+from benchmarks.lib.profile_categories import (
     CATEGORIES,
     CLIP_RANGE,
     DATA_RANGE,
@@ -117,7 +112,7 @@ def test_a_batch_of_rank_many_examples_is_not_mistaken_for_lora():
 
 
 def test_the_window_is_the_steps_batches_and_the_rest_is_timed_without_the_profiler():
-    from profile_step import unprofiled_time, window_tokens
+    from benchmarks.lib.profile_runs import unprofiled_time, window_tokens
 
     # 6 steps: warm-up 2, profiled 3-4, after 5-6; step k lasts ends[k-1] -> ends[k] and trains batch k-1
     ends = [0.0, 10.0, 12.0, 20.0, 30.0, 33.0, 36.0]

@@ -1,7 +1,7 @@
 """Which evaluate.label_score for label words of different lengths (issue 14 item 5): sum, mean or calibrated,
 chosen on a validation split carved from the training data, then evaluated once on the eval file.
 
-    python benchmarks/bench_label_score.py [--recipe recipes/agnews/smollm2_lora_gen.yaml] [--validation 0.15]
+    python -m benchmarks.quality.bench_label_score [--recipe recipes/agnews/smollm2_lora_gen.yaml] [--validation 0.15]
                                            [--eval-texts 500] [--run-dir runs/...]
 
 The recipe's own data loading carves the validation split (selection.validation_fraction, seeded and stratified,
@@ -19,7 +19,7 @@ import argparse
 import os
 import time
 
-from common import REPO, command_line, environment, write_results
+from benchmarks.lib.common import REPO, command_line, environment, write_results
 
 
 def load(recipe_path: str, validation: float, eval_texts: int, run_dir: str | None):

@@ -1,6 +1,6 @@
 """Pad to a multiple of 8 or to the longest sequence? Paired, in one process, on the same real batches.
 
-    python benchmarks/bench_pad_multiple.py [--quick] [--batches 8] [--model smollm2|minilm]
+    python -m benchmarks.speed.bench_pad_multiple [--quick] [--batches 8] [--model smollm2|minilm]
 
 Why a separate in-process benchmark: the effect is ~10-30% per step, smaller than the run-to-run noise of whole
 runs on a shared CPU (bench_levers.py could not separate the two). Here every real training batch (length-grouped,
@@ -15,15 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+REPO = Path(__file__).resolve().parents[2]
 
-from common import MODELS, arg_threads_help, command_line, env_lines, environment, write_results  # noqa: E402
+from benchmarks.lib.common import MODELS, arg_threads_help, command_line, env_lines, environment, write_results
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Where a training step's time goes: operator records of a torch.profiler run sorted into categories.
 
 Pure functions over plain records, so the rules are unit-tested with hand-made records
-(tests/unit/benchmarks/test_profile_categories.py); benchmarks/profile_step.py turns real profiler events into records.
+(tests/unit/benchmarks/test_profile_categories.py); benchmarks/speed/profile_step.py turns real profiler events into records.
 
 A record is a dict: ``name`` (the operator, e.g. ``aten::mm``), ``shapes`` (its input shapes, as the profiler
 records them with ``record_shapes``), ``self_us`` (self CPU time: its own time, children excluded, so the self

@@ -1,4 +1,4 @@
-"""`peftkit serve` against the server a user would write (benchmarks/serve_baseline.py: transformers.pipeline per
+"""`peftkit serve` against the server a user would write (benchmarks/serving/serve_baseline.py: transformers.pipeline per
 request), on the same run folder, both started here on 127.0.0.1, in the same session.
 
 A bounded load test: a fixed number of requests (one SST-2 dev sentence each) at fixed concurrency levels (closed
@@ -9,7 +9,7 @@ VmHWM (peak resident set) after all rounds.
 
     python -m peftkit train peftkit/defaults/sst2_quickstart.yaml data.max_train_samples=2000 \\
         output_dir=/tmp/serve-bench-run
-    python benchmarks/bench_serve.py --run /tmp/serve-bench-run
+    python -m benchmarks.serving.bench_serve --run /tmp/serve-bench-run
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
 
@@ -110,7 +110,7 @@ def run(args) -> dict:
     print(f"server logs: {log_dir}", flush=True)
     ports = {"baseline": free_port(), "peftkit": free_port()}
     procs = {
-        "baseline": start("baseline", [sys.executable, "benchmarks/serve_baseline.py", args.run], ports["baseline"],
+        "baseline": start("baseline", [sys.executable, "-m", "benchmarks.serving.serve_baseline", args.run], ports["baseline"],
                           log_dir, args.threads),
         "peftkit": start("peftkit", [sys.executable, "-m", "peftkit", "serve", f"run={args.run}",
                                      "--max-batch-size", str(args.max_batch_size)], ports["peftkit"], log_dir,

@@ -7,8 +7,8 @@ its own process under ``/usr/bin/time -v`` for peak RSS) and evaluates on the of
 (``test.tsv``; ``--eval-samples`` rows drawn by peftkit's seeded subsample, the same rows for every arm; the test
 file chooses nothing: every hyperparameter is the shipped recipe's).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_imbalance.py                      # none vs class_weights (auto)
-    OMP_NUM_THREADS=1 python benchmarks/bench_imbalance.py --strategies none auto balanced_sampling
+    OMP_NUM_THREADS=1 python -m benchmarks.quality.bench_imbalance                      # none vs class_weights (auto)
+    OMP_NUM_THREADS=1 python -m benchmarks.quality.bench_imbalance --strategies none auto balanced_sampling
 
 Writes benchmarks/results/imbalance_agnews.{json,md}.
 """
@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AGNEWS = REPO.parent / "shared" / "data" / "agnews"
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "agnews" / "minilm_lora_cls.yaml"
@@ -96,7 +96,7 @@ def main() -> None:
     meta = {"train_counts": counts, "rare": args.rare, "keep": args.keep, "seed": args.seed,
             "eval": f"AG News official test.tsv, {args.eval_samples} rows (peftkit's seeded subsample, seed 42)",
             "recipe": str(RECIPE.relative_to(REPO)), "load": os.getloadavg(), "cpus": os.cpu_count(),
-            "builder": f"python benchmarks/bench_imbalance.py --keep {args.keep} --seed {args.seed} "
+            "builder": f"python -m benchmarks.quality.bench_imbalance --keep {args.keep} --seed {args.seed} "
                        f"--rare {' '.join(args.rare)}"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n")

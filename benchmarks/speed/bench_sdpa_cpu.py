@@ -1,7 +1,7 @@
-"""Attention on this CPU at the shapes peftkit's SmolLM2 training steps give it (benchmarks/profile_step.py found
+"""Attention on this CPU at the shapes peftkit's SmolLM2 training steps give it (benchmarks/speed/profile_step.py found
 attention at 14-36% of a step): forward + backward of ``scaled_dot_product_attention``, bf16, 1 thread.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_sdpa_cpu.py [--repeats 3]
+    OMP_NUM_THREADS=1 python -m benchmarks.speed.bench_sdpa_cpu [--repeats 3]
 
 Cases (q: batch x 9 heads x tokens x 64, k/v: 3 heads, grouped-query as in SmolLM2):
 * ``cls16``: 16 sentences of 30 tokens with a padding mask (what the classification head path runs, batch 16);
@@ -20,7 +20,7 @@ import argparse
 import os
 import time
 
-from common import command_line, environment, write_results
+from benchmarks.lib.common import command_line, environment, write_results
 
 
 def case_tensors(name: str):
@@ -89,7 +89,7 @@ def main() -> None:
           f"{a.repeats}) | load |", "|---|---|---|---|",
           *[f"| {r['case']} | {r['backend']} | {r['ms']} | {r['load_avg']} |" for r in rows], "",
           "A training step makes 30 such calls (one per layer). Cases in the module docstring of "
-          "benchmarks/bench_sdpa_cpu.py. Machine shared, one core busy with another training run: times are under "
+          "benchmarks/speed/bench_sdpa_cpu.py. Machine shared, one core busy with another training run: times are under "
           f"load (load average {env['load_avg_at_start'][0]} at start). torch {env['torch']}, {env['date']}."]
     name = "sdpa_cpu_forward" if a.forward_only else "sdpa_cpu"
     write_results(name, {"benchmark": "sdpa_cpu", "command": command_line(), "environment": env,

@@ -1,6 +1,6 @@
 """torch.compile: does it pay back its warm-up within a run? peftkit defaults with and without `train.torch_compile`.
 
-    python benchmarks/bench_compile.py [--quick] [--model smollm2|minilm] [--steps 24] [--repeats 1]
+    python -m benchmarks.speed.bench_compile [--quick] [--model smollm2|minilm] [--steps 24] [--repeats 1]
 
 Both arms: `peftkit train` defaults (length-grouped batches, bf16 autocast on CPUs with native bf16, no
 multiple-of-8 padding on CPU) on the same strided epoch; the compiled arm adds `train.torch_compile=true`.
@@ -16,7 +16,7 @@ import argparse
 import math
 import time
 
-from common import (
+from benchmarks.lib.common import (
     MODELS,
     RESULTS,
     arg_threads_help,

@@ -1,4 +1,4 @@
-"""Re-deriving a finished profile's window tokens (``python benchmarks/profile_step.py --retabulate NAME``).
+"""Re-deriving a finished profile's window tokens (``python -m benchmarks.speed.profile_step --retabulate NAME``).
 
 The first version of profile_step.py took the profiled window's batches one batch late (accelerate's data loader
 collates one batch ahead of the step that trains it) and did not store the batches. The batch order is seeded, so
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -21,9 +22,8 @@ def replay_batches(spec: dict[str, Any]) -> dict[str, Any]:
     """(useful tokens, padded positions) of the first ``spec['batches']`` training batches of a config, collated
     through the Trainer's own data loader without training: the batch order is seeded, so these are the batches a
     profiled run trained. Used by --retabulate to re-derive a finished run's window tokens."""
-    from worker import CountingCollator, peftkit_recipe
-
     import peftkit.run as run_mod
+    from benchmarks.lib.worker import CountingCollator, peftkit_recipe
     from peftkit.tasks import task_for
 
     recipe = peftkit_recipe(spec)
@@ -47,14 +47,17 @@ def replay_batches(spec: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def retabulate(name: str) -> None:
+def retabulate(name: str, run_child: Callable[..., dict[str, Any]]) -> None:
     """Re-derive the window's tokens of a results file written before the window's batches were stored (the first
     version took them one batch late), from the replayed batch order, and rewrite its tables. Nothing is re-timed:
-    the window's wall time, the unprofiled time per token and every operator figure are the run's own."""
-    from common import RESULTS, write_results
-    from profile_categories import CATEGORIES
-    from profile_report import markdown
-    from profile_step import config_spec, run_child, window_tokens
+    the window's wall time, the unprofiled time per token and every operator figure are the run's own.
+
+    ``run_child`` is the profiling script's launcher of one child process (passed in, so that this module does not
+    import the script that imports it)."""
+    from benchmarks.lib.common import RESULTS, write_results
+    from benchmarks.lib.profile_categories import CATEGORIES
+    from benchmarks.lib.profile_report import markdown
+    from benchmarks.lib.profile_runs import config_spec, window_tokens
 
     payload = json.loads((RESULTS / f"{name}.json").read_text())
     for run in payload["runs"]:

@@ -1,7 +1,7 @@
 """SFT / generative path: plain trl.SFTTrainer (packing off, its default) against packing + padding-free
 (what peftkit's SFT path defaults to), and peftkit's own SFT path and LLaMA-Factory where available.
 
-    python benchmarks/bench_sft.py [--quick] [--examples 256] [--arms trl-packing-off,trl-packing-on,peftkit-sft,llamafactory]
+    python -m benchmarks.speed.bench_sft [--quick] [--examples 256] [--arms trl-packing-off,trl-packing-on,peftkit-sft,llamafactory]
 
 Task: SST-2 as "Review: <sentence>\\nSentiment:" -> " negative" | " positive" (loss on the label word only, as
 TRL does for prompt/completion data and LLaMA-Factory does by default), SmolLM2-135M-Instruct + LoRA r16 all-linear,
@@ -23,7 +23,7 @@ Arms (each in its own process):
   peftkit-sft-fp32 the same with train.bf16=false: the bf16 lever off
   peftkit-sft-padfree  padding-free batches without packing: the baseline's examples per step and number of
                    optimizer steps, joined into one row (no padding computed)
-  llamafactory     llamafactory-cli train in the isolated venv made by benchmarks/llamafactory_setup.sh
+  llamafactory     llamafactory-cli train in the isolated venv made by benchmarks/speed/llamafactory_setup.sh
                    (skipped with a note if /tmp/lf-venv does not exist); its own defaults, same hyperparameters
 
 ``--eval-examples N`` adds label-word accuracy on N SST-2 dev sentences for the TRL arms (off by default: slow).
@@ -36,14 +36,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from common import (
+
+from benchmarks.lib.common import (
     REPO,
     RESULTS,
     SST2_DEV,
@@ -95,8 +95,7 @@ def trl_spec(name: str, packing: bool, examples: int, eval_examples: int) -> dic
 
 def run_llamafactory(examples: int, threads: int, log_dir: Path) -> dict[str, Any]:
     """LLaMA-Factory on the same examples: its CLI in its own venv; figures from its own trainer state."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from worker import sft_examples  # the same examples as the TRL arms
+    from benchmarks.lib.worker import sft_examples  # the same examples as the TRL arms
 
     train_rows, _ = sft_examples({"train_file": os.path.relpath(SST2_TRAIN, REPO),
                                   "eval_file": os.path.relpath(SST2_DEV, REPO), "max_train_samples": examples})
@@ -171,7 +170,7 @@ def main() -> None:
                                  "env": PEFTKIT_ENV.get(name, {})}))
         elif name == "llamafactory":
             if not (LF_VENV / "bin" / "llamafactory-cli").exists():
-                skipped[name] = f"no LLaMA-Factory venv at {LF_VENV}: run benchmarks/llamafactory_setup.sh first"
+                skipped[name] = f"no LLaMA-Factory venv at {LF_VENV}: run benchmarks/speed/llamafactory_setup.sh first"
                 continue
             specs.append((name, "llamafactory"))
         else:

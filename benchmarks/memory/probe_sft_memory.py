@@ -1,6 +1,6 @@
 """Where the SFT path's training-step memory goes (issue 18), on the real `peftkit train` path.
 
-    OMP_NUM_THREADS=1 python benchmarks/probe_sft_memory.py --examples 200 --steps 4 [--arms all,learned,...]
+    OMP_NUM_THREADS=1 python -m benchmarks.memory.probe_sft_memory --examples 200 --steps 4 [--arms all,learned,...]
 
 Each arm runs ``peftkit.run.run`` on recipes/sst2/smollm2_lora_gen.yaml (SmolLM2-135M-Instruct, LoRA r16
 all-linear, bfd packing into padding-free rows, bf16 autocast on this CPU) with a few recipe overrides, in its
@@ -28,8 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "sst2" / "smollm2_lora_gen.yaml"
 CKPT = "train.activation_checkpointing=true"
@@ -199,7 +198,7 @@ def main() -> None:
     for arm in a.arms.split(","):
         loads.append(os.getloadavg()[0])
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [sys.executable, __file__, "--one", arm, "--examples", str(a.examples), "--steps", str(a.steps),
+            cmd = [sys.executable, "-m", "benchmarks.memory.probe_sft_memory", "--one", arm, "--examples", str(a.examples), "--steps", str(a.steps),
                    "--out", out.name]
             proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
             if proc.returncode:
@@ -209,7 +208,7 @@ def main() -> None:
         print(summary_row(results[-1]), flush=True)
     loads.append(os.getloadavg()[0])
     md = ["# Where the SFT training step's memory goes (SmolLM2-135M, LoRA r16, packed, bf16 autocast)", "",
-          f"Command: `OMP_NUM_THREADS=1 python benchmarks/probe_sft_memory.py {' '.join(sys.argv[1:])}`", "",
+          f"Command: `OMP_NUM_THREADS=1 python -m benchmarks.memory.probe_sft_memory {' '.join(sys.argv[1:])}`", "",
           f"{a.examples} SST-2 sentences, {a.steps} optimizer steps per arm (batch 8 packed rows of up to 64 "
           "tokens), each arm its own process. Training peak: the highest RSS of any training step (VmHWM, reset before "
           "each step, so model loading is not in it); above: that minus the RSS once the trainer was built. Saved for "

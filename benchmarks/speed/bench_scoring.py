@@ -1,12 +1,12 @@
 """Label-scoring speed (issue 18): today's scoring against the new one, side by side in one process.
 
-    python benchmarks/bench_scoring.py [--texts 256] [--repeats 3] [--recipes sst2,agnews]
+    python -m benchmarks.speed.bench_scoring [--texts 256] [--repeats 3] [--recipes sst2,agnews]
 
 One SmolLM2-135M-Instruct base model (no adapter: evaluation after training scores the same way, the LoRA layers
 add their own small cost to both arms), the first N prompts of each recipe's eval file, rendered exactly as
 `peftkit evaluate` renders them. Arms, timed in rotating order within each round:
 
-  today          peftkit/evaluation/causal.py as of commit 51ed3c3 (benchmarks/scoring_baseline.py, a verbatim copy):
+  today          peftkit/evaluation/causal.py as of commit 51ed3c3 (benchmarks/speed/scoring_baseline.py, a verbatim copy):
                  prompts once with a key/value cache, then one forward pass per label on a deep copy of the cache
   one-pass       the new scoring in float32: all labels' continuations in one forward pass over the cache repeated
                  along the batch, no copies, under inference_mode
@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 
-from common import REPO, command_line, environment, matmul_peak, write_results
+from benchmarks.lib.common import REPO, command_line, environment, matmul_peak, write_results
 
 RECIPES = {"sst2": "recipes/sst2/smollm2_lora_gen.yaml", "agnews": "recipes/agnews/smollm2_lora_gen.yaml"}
 ARMS = {"today": ("baseline", 32, False), "one-pass": ("new", 32, False), "one-pass+bf16": ("new", 32, True),
@@ -50,8 +50,7 @@ def prepared(recipe_path: str, texts: int):
 
 
 def score(arm: str, model, encoder, prompts, words, chat):
-    import scoring_baseline
-
+    from benchmarks.speed import scoring_baseline
     from peftkit.evaluation.label_scoring import LabelScoring, score_labels
 
     kind, batch, bf16 = ARMS[arm]

@@ -1,6 +1,6 @@
 """Two levers of issue 18 side by side on the real `peftkit train` path: a bf16 frozen base, and 2 torch threads.
 
-    python benchmarks/bench_base_dtype.py [--examples 500] [--eval-examples 400] [--repeats 1] [--arms ...]
+    python -m benchmarks.speed.bench_base_dtype [--examples 500] [--eval-examples 400] [--repeats 1] [--arms ...]
 
 Arms (same recipe, same SST-2 subset, one full epoch, same seed, evaluated on the same dev rows):
   fp32-base     today's default: fp32 weights, bf16 autocast, 1 thread (1.00x)
@@ -18,7 +18,7 @@ import argparse
 import os
 import time
 
-from common import (
+from benchmarks.lib.common import (
     MODELS,
     RESULTS,
     best_peak,

@@ -23,19 +23,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mfu import best_peak, fmt_mfu, matmul_peak, median_mfu, mfu, peak_line  # noqa: F401 (the benchmarks' MFU helpers)
+from benchmarks.lib.mfu import best_peak, fmt_mfu, matmul_peak, median_mfu, mfu, peak_line  # noqa: F401 (the benchmarks' MFU helpers)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
-WORKER = REPO / "benchmarks" / "worker.py"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real data sets lie beside a development clone; PEFTKIT_SHARED_DATA points elsewhere (as in the tests).
+SHARED_DATA = Path(os.environ.get("PEFTKIT_SHARED_DATA") or REPO.parent / "shared" / "data")
 SST2_TRAIN = SHARED_DATA / "sst2" / "train.tsv"
 SST2_DEV = SHARED_DATA / "sst2" / "dev.tsv"
 AGNEWS_TRAIN = SHARED_DATA / "agnews" / "train_subset10k.tsv"
 
 
 def run_worker(spec: dict[str, Any], *, threads: int, log_dir: Path, timeout: float = 1800) -> dict[str, Any]:
-    """Run one configuration in a fresh ``python benchmarks/worker.py`` process and return its result dict.
+    """Run one configuration in a fresh ``python -m benchmarks.lib.worker`` process and return its result dict.
 
     ``threads`` sets OMP/MKL threads for the child (the same for every arm of a benchmark).
     The child's stdout/stderr go to a log file named after the arm; a failure raises with the log's tail.
@@ -56,7 +56,7 @@ def run_worker(spec: dict[str, Any], *, threads: int, log_dir: Path, timeout: fl
         with log.open("a", encoding="utf-8") as handle:
             handle.write(f"\n===== {time.strftime('%H:%M:%S')} {spec['name']} =====\n")
             handle.flush()
-            proc = subprocess.run([sys.executable, str(WORKER), str(spec_file), str(out_file)], cwd=REPO, env=env,
+            proc = subprocess.run([*module_command("benchmarks.lib.worker"), str(spec_file), str(out_file)], cwd=REPO, env=env,
                                   stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0 or not out_file.exists():
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
@@ -139,8 +139,20 @@ def environment(threads: int) -> dict[str, Any]:
     }
 
 
+def module_command(module: str) -> list[str]:
+    """The command that runs a benchmark module in a fresh interpreter (from the repository root: cwd=REPO)."""
+    return [sys.executable, "-m", module]
+
+
+def module_name(path: str | Path) -> str:
+    """benchmarks/speed/bench_x.py -> benchmarks.speed.bench_x (how every benchmark is started)."""
+    relative = Path(path).resolve().relative_to(REPO).with_suffix("")
+    return ".".join(relative.parts)
+
+
 def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    """The command that reproduces this run, as the README writes it: ``python -m benchmarks.<group>.<script> ...``."""
+    return "python -m " + " ".join(shlex.quote(a) for a in [module_name(sys.argv[0]), *sys.argv[1:]])
 
 
 def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:

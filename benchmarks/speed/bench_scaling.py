@@ -1,6 +1,6 @@
 """How training cost grows: time per epoch as the training set grows and as max_length grows.
 
-    python benchmarks/bench_scaling.py [--quick] [--sizes 1000,4000,16000] [--lengths 64,128,256]
+    python -m benchmarks.speed.bench_scaling [--quick] [--sizes 1000,4000,16000] [--lengths 64,128,256]
 
 Model: all-MiniLM-L6-v2 (22.7M) + LoRA, because SmolLM2-135M is ~10x slower per token on this shared CPU and the
 16k-example and 256-token points would not fit the time budget; bench_classification.py gives SmolLM2's epoch time.
@@ -24,7 +24,16 @@ import argparse
 import math
 import time
 
-from common import RESULTS, arg_threads_help, cls_arm, command_line, env_lines, environment, run_worker, write_results
+from benchmarks.lib.common import (
+    RESULTS,
+    arg_threads_help,
+    cls_arm,
+    command_line,
+    env_lines,
+    environment,
+    run_worker,
+    write_results,
+)
 
 SST2_RECIPE = "recipes/sst2/minilm_lora_cls.yaml"
 AGNEWS_RECIPE = "recipes/agnews/minilm_lora_cls.yaml"

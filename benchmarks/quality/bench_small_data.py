@@ -16,8 +16,8 @@ Arms
 Row subsets: for size N and seed S, N rows drawn with random.Random(S) from the train file (the same rows for every
 arm of that seed); training seed S too. Unlabelled rows: drawn from the rows not in that subset.
 
-  python benchmarks/bench_small_data.py --dataset sst2 --sizes 200 500 --seeds 1 2 3 --arms plain edit
-  python benchmarks/bench_small_data.py --dataset sst2 --sizes 500 --seeds 1 --arms teacher distill distill_unl speed
+  python -m benchmarks.quality.bench_small_data --dataset sst2 --sizes 200 500 --seeds 1 2 3 --arms plain edit
+  python -m benchmarks.quality.bench_small_data --dataset sst2 --sizes 500 --seeds 1 --arms teacher distill distill_unl speed
 Results: benchmarks/results/small_data_<dataset>.{json,md} (runs accumulate: a finished run is reused).
 """
 
@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import REPO, SHARED_DATA, command_line, environment, write_results  # noqa: E402
+from benchmarks.lib.common import REPO, SHARED_DATA, command_line, environment, write_results
 
 DATASETS = {
     "sst2": {"train": SHARED_DATA / "sst2" / "train.tsv", "eval": SHARED_DATA / "sst2" / "dev.tsv",

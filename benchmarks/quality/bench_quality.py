@@ -1,6 +1,6 @@
 """Quality next to speed: full training epochs of the baseline and of peftkit, then SST-2 dev accuracy.
 
-    python benchmarks/bench_quality.py [--quick] [--model smollm2|minilm] [--examples N] [--repeats 1]
+    python -m benchmarks.quality.bench_quality [--quick] [--model smollm2|minilm] [--examples N] [--repeats 1]
 
 Same two arms as bench_classification.py (plain Trainer + PEFT tutorial setup vs `peftkit train` defaults), but
 every batch of the epoch is trained (no striding) and each arm then predicts the SST-2 dev set (872 sentences):
@@ -16,7 +16,7 @@ import argparse
 import math
 import time
 
-from common import (
+from benchmarks.lib.common import (
     MODELS,
     RESULTS,
     arg_threads_help,

@@ -1,8 +1,8 @@
 """Speed and memory: `peftkit train` against the plain transformers.Trainer + PEFT tutorial setup, side by side.
 
-    python benchmarks/bench_classification.py [--quick] [--model smollm2|minilm] [--repeats 3]
+    python -m benchmarks.speed.bench_classification [--quick] [--model smollm2|minilm] [--repeats 3]
 
-Baseline (what a user following the Hugging Face text-classification tutorial writes, benchmarks/worker.py
+Baseline (what a user following the Hugging Face text-classification tutorial writes, benchmarks/lib/worker.py
 ``run_hf_cls``): AutoModelForSequenceClassification + LoraConfig(task_type=SEQ_CLS), tokenizer(truncation=True),
 DataCollatorWithPadding, Trainer with its defaults (fp32, random sampler). Same model, same training examples,
 same LoRA (r, alpha, dropout, target modules), learning rate, batch size, epoch and number of optimizer steps as
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (
+from benchmarks.lib.common import (
     MODELS,
     RESULTS,
     arg_threads_help,

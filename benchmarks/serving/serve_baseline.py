@@ -4,7 +4,7 @@ FastAPI + uvicorn around `transformers.pipeline("text-classification")`, called 
 process: the base model with the run's adapter loaded through PEFT and merged (merging makes each forward pass
 cheaper, which favours this baseline). `def` endpoints run on FastAPI's thread pool, as such servers usually do.
 
-    python benchmarks/serve_baseline.py RUN_DIR --port 8001     # 127.0.0.1 only
+    python -m benchmarks.serving.serve_baseline RUN_DIR --port 8001     # 127.0.0.1 only
 """
 
 from __future__ import annotations

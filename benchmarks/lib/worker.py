@@ -1,6 +1,6 @@
-"""One measured training run, in its own process: ``python benchmarks/worker.py SPEC.json RESULT.json``.
+"""One measured training run, in its own process: ``python -m benchmarks.lib.worker SPEC.json RESULT.json``.
 
-Started by benchmarks/common.py (never by hand). Kinds of run:
+Started by benchmarks/lib/common.py (never by hand). Kinds of run:
 
 * ``peftkit_cls``: the real ``peftkit.run.run(recipe)`` on a recipe with overrides, exactly as ``peftkit train``
   runs it; the worker only observes (a timing callback, a collator wrapper that counts tokens).
@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rss_mb(who=resource.RUSAGE_SELF) -> float:
@@ -271,8 +270,8 @@ def summarize(obs: Observer, spec: dict[str, Any], extra: dict[str, Any]) -> dic
         # the same thing can be compared on them
         "losses": [e["loss"] for e in obs.trainer.state.log_history if "loss" in e] if obs.trainer else [],
     }
-    if obs.model is not None:  # what the model FLOPs per token are counted from (benchmarks/mfu.py)
-        from mfu import model_facts
+    if obs.model is not None:  # what the model FLOPs per token are counted from (benchmarks/lib/mfu.py)
+        from benchmarks.lib.mfu import model_facts
 
         out["model_facts"] = model_facts(obs.model, lm_head_every_token=spec["kind"] in ("trl_sft", "peftkit_sft"),
                                          recompute=bool(getattr(obs.trainer_args, "gradient_checkpointing", False)))

@@ -2,7 +2,7 @@
 backward of SmolLM2-135M on real SST-2 batches, each kernel, in fp32 and under bf16 autocast (peftkit's CPU
 default), with the same weights and the same batch.
 
-    OMP_NUM_THREADS=1 python benchmarks/check_attention_numerics.py
+    OMP_NUM_THREADS=1 python -m benchmarks.quality.check_attention_numerics
 
 Batches: the classification head (recipes/sst2/smollm2_lora_cls.yaml's model, a new seeded 2-class head) on 16
 right-padded sentences; the causal LM on TRL's padding-free row of 16 prompts + label words (packed, position_ids).
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from common import SHARED_DATA, command_line, environment, write_results
+from benchmarks.lib.common import SHARED_DATA, command_line, environment, write_results
 
 SENTENCES = 16
 

@@ -1,4 +1,4 @@
-"""The markdown tables of benchmarks/profile_step.py (kept apart so the script stays about measuring)."""
+"""The markdown tables of benchmarks/speed/profile_step.py (kept apart so the script stays about measuring)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def shape_lines(runs: list[dict[str, Any]]) -> list[str]:
 def retabulated(payload: dict[str, Any]) -> list[str]:
     if not any(r.get("tokens_rederived") for r in payload["runs"]):
         return []
-    return [f"Retabulated {payload.get('retabulated')} with `python benchmarks/profile_step.py --retabulate NAME`: the "
+    return [f"Retabulated {payload.get('retabulated')} with `python -m benchmarks.speed.profile_step --retabulate NAME`: the "
             "first version of the script took the window's batches one batch late (accelerate's loader collates one "
             "ahead), so the window's token counts (and the figures per token that follow from them) were re-derived "
             "from the replayed, seeded batch order. Check, window batches' padded positions and whether each is a row "

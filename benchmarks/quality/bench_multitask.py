@@ -1,6 +1,6 @@
 """Multi-task, merging and transfer on the project's data: SmolLM2-135M generative LoRA on SST-2 and AG News.
 
-    python benchmarks/bench_multitask.py [--train-rows 400] [--eval-rows 300] [--transfer-rows 200]
+    python -m benchmarks.quality.bench_multitask [--train-rows 400] [--eval-rows 300] [--transfer-rows 200]
                                          [--stages single,multi,merge,transfer] [--methods linear,ties,dare_ties]
 
 Every arm is a real ``peftkit`` command (``train``, ``merge-adapters``, ``evaluate``) in its own process, with the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "runs" / "bench-multitask"
 DATA = REPO.parent / "shared" / "data"
@@ -222,7 +222,7 @@ def write_results(a, results: dict) -> None:
         rows.append(f"| merged {method} ({report['merge']}) | {cells[0]} | {cells[1]} | {t.get('wall_s')} "
                     f"({t.get('load_after', 0):.1f}) |")
     lines = ["# Multi-task, merging and transfer: SmolLM2-135M-Instruct, generative LoRA", "",
-             f"Command: `python benchmarks/bench_multitask.py --train-rows {a.train_rows} --eval-rows {a.eval_rows} "
+             f"Command: `python -m benchmarks.quality.bench_multitask --train-rows {a.train_rows} --eval-rows {a.eval_rows} "
              f"--transfer-rows {a.transfer_rows} --stages {a.stages} --methods {a.methods} --write`", "",
              f"{a.train_rows} training rows per task (seeded subset), 1 epoch, hyperparameters of "
              f"recipes/sst2/smollm2_lora_gen.yaml; {a.eval_rows} eval rows per task (seeded subset of SST-2 dev / "

@@ -1,6 +1,6 @@
 """Each speed lever of peftkit on and off, side by side, on the real `peftkit train` path.
 
-    python benchmarks/bench_levers.py [--quick] [--model smollm2|minilm|smollm2-gen] [--repeats 2]
+    python -m benchmarks.speed.bench_levers [--quick] [--model smollm2|minilm|smollm2-gen] [--repeats 2]
 
 Arms (all peftkit, same recipe, same training subset, same strided epoch, same number of optimizer steps):
   all-off          random batches, fp32, padded to multiples of 8: peftkit before its speed defaults (1.00x)
@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import (
+from benchmarks.lib.common import (
     ALL_LEVERS_OFF,
     MODELS,
     RESULTS,

@@ -1,6 +1,6 @@
 """Where a peftkit training step's time goes, by operator: the gap between the model FLOP/s and the matmul peak.
 
-    OMP_NUM_THREADS=1 python benchmarks/profile_step.py [--configs cls:16,cls:64,gen:8,gen:32] [--warmup 2]
+    OMP_NUM_THREADS=1 python -m benchmarks.speed.profile_step [--configs cls:16,cls:64,gen:8,gen:32] [--warmup 2]
         [--steps 2] [--after 2] [--name profile_smollm2]
 
 Each config is RECIPE:BATCH (``cls`` = recipes/sst2/smollm2_lora_cls.yaml, ``gen`` = recipes/sst2/smollm2_lora_gen.yaml,
@@ -10,7 +10,7 @@ with ``train.max_steps = warmup + steps + after`` and the per-device batch size 
 steps ``torch.profiler`` (CPU, record_shapes, with_flops) records ``steps`` whole steps, data collation included;
 the steps before (but the first, which pays one-off costs) and the ``after`` steps are timed without the profiler,
 so the profiler's own cost is measured (time per useful token with and without it).
-Operators are sorted into categories by benchmarks/profile_categories.py; the table adds up to the window's wall
+Operators are sorted into categories by benchmarks/lib/profile_categories.py; the table adds up to the window's wall
 time. Each matmul category's GFLOP/s come from the shapes; the peak is ``mfu.matmul_peak`` measured in the same
 run on the same thread count, with a sweep of the shapes these steps multiply (the matmul efficiency curve).
 Writes benchmarks/results/NAME.json and NAME.md.
@@ -28,11 +28,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.lib.profile_categories import (
+    CATEGORIES,
+    CLIP_RANGE,
+    DATA_RANGE,
+    FORWARD_RANGE,
+    breakdown,
+    categorise,
+    matmul_shapes,
+)
+from benchmarks.lib.profile_runs import config_spec, unprofiled_time, window_tokens
 
-from profile_categories import CATEGORIES, CLIP_RANGE, DATA_RANGE, FORWARD_RANGE, breakdown, categorise, matmul_shapes  # noqa: E402
-
-RECIPES = {"cls": "recipes/sst2/smollm2_lora_cls.yaml", "gen": "recipes/sst2/smollm2_lora_gen.yaml"}
 # m x k x n products of these steps (tokens x hidden x out), and the 2048^3 best case: the efficiency curve
 SWEEP = [(t, 576, 1536) for t in (64, 256, 512, 1024, 2048)] + [(512, 576, 16), (512, 16, 576), (2048, 576, 16),
                                                                  (512, 576, 49152), (2048, 2048, 2048)]
@@ -47,7 +53,8 @@ def instrument(trainer, window: dict[str, Any]):
     """Profiler window, token counts and named ranges on the Trainer peftkit built (observation only)."""
     import torch
     from transformers import TrainerCallback
-    from worker import CountingCollator
+
+    from benchmarks.lib.worker import CountingCollator
 
     class RangedCollator(CountingCollator):
         def __call__(self, examples):
@@ -105,10 +112,9 @@ def records_of(prof) -> list[dict[str, Any]]:
 
 
 def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
-    from mfu import matmul_peak
-    from worker import peftkit_recipe
-
     import peftkit.run as run_mod
+    from benchmarks.lib.mfu import matmul_peak
+    from benchmarks.lib.worker import peftkit_recipe
     from peftkit.tasks import task_for
 
     recipe = peftkit_recipe(spec)
@@ -130,7 +136,7 @@ def profile_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarise_window(spec, recipe, window, peak: float, peaks: list) -> dict[str, Any]:
-    from mfu import flops_per_token, model_facts
+    from benchmarks.lib.mfu import flops_per_token, model_facts
 
     records = records_of(window["profiler"])
     model = window["model"]
@@ -165,31 +171,6 @@ def summarise_window(spec, recipe, window, peak: float, peaks: list) -> dict[str
     }
 
 
-def window_tokens(batches: list, warm: int, steps: int, wall_s: float, plain_rate: float | None,
-                  per_token: float) -> dict[str, Any]:
-    """The profiled window's tokens and what follows from them. Step k trains batch k-1, so the window (steps
-    warm+1 .. warm+steps) trains batches[warm:warm+steps] (not the collator's count at the window's start:
-    accelerate's loader collates one batch ahead)."""
-    profiled = batches[warm:warm + steps]
-    useful = sum(u for u, _ in profiled)
-    # the profiler's own cost: the window's time minus what its tokens took per token in the unprofiled steps
-    overhead = wall_s - plain_rate * useful if plain_rate else None
-    return {"useful_tokens": useful, "padded_positions": sum(p for _, p in profiled),
-            "tokens_per_step": round(useful / steps, 1), "useful_tokens_per_s_profiled": round(useful / wall_s, 2),
-            "profiled_s_per_token": round(wall_s / useful, 5),
-            "model_gflops_profiled": round(per_token * useful / wall_s / 1e9, 2),
-            "profiler_overhead_s_est": round(overhead, 2) if overhead is not None else None}
-
-
-def unprofiled_time(step_ends: list[float], batches: list, warm: int, steps: int) -> tuple[float, int]:
-    """Seconds and useful tokens of the steps run without the profiler, the first (one-off costs) left out.
-
-    Step k (1-based) lasts from step end k-1 to step end k and trains batch k-1 (one batch per optimizer step)."""
-    plain = [k for k in range(2, len(step_ends)) if not warm < k <= warm + steps]
-    return (sum(step_ends[k] - step_ends[k - 1] for k in plain),
-            sum(batches[k - 1][0] for k in plain if k - 1 < len(batches)))
-
-
 def attention_shapes(records) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[str, Any]] = {}
     for r in records:
@@ -206,16 +187,9 @@ def attention_shapes(records) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def config_spec(name: str, warmup: int, steps: int, after: int) -> dict[str, Any]:
-    kind, batch = name.split(":")
-    return {"name": name, "recipe": RECIPES[kind], "batch": int(batch), "warmup": warmup, "steps": steps,
-            "overrides": [f"train.max_steps={warmup + steps + after}", f"train.per_device_train_batch_size={batch}",
-                          "train.logging_steps=1000"]}
-
-
 def run_child(spec: dict[str, Any], log_dir: Path, mode: str = "--child") -> dict[str, Any]:
     """One config in a fresh process (1 torch thread); ``--replay`` collates its first batches instead."""
-    from common import REPO
+    from benchmarks.lib.common import REPO
 
     log_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="peftkit-profile-") as tmp:
@@ -223,10 +197,10 @@ def run_child(spec: dict[str, Any], log_dir: Path, mode: str = "--child") -> dic
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-                   HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "benchmarks")]))
+                   HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
         log = log_dir / f"profile_{spec['name'].replace(':', '_')}{mode.replace('--', '_')}.log"
         with log.open("w") as handle:
-            proc = subprocess.run([sys.executable, __file__, mode, str(spec_file), str(out_file)], cwd=REPO,
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.speed.profile_step", mode, str(spec_file), str(out_file)], cwd=REPO,
                                   env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=1800)
         if proc.returncode != 0 or not out_file.exists():
             raise RuntimeError(f"{spec['name']} failed (exit {proc.returncode}); see {log}")
@@ -249,18 +223,18 @@ def main() -> None:
     if a.child or a.replay:
         spec_file, out_file = a.child or a.replay
         if a.replay:
-            from profile_retabulate import replay_batches
+            from benchmarks.lib.profile_retabulate import replay_batches
         out = (profile_child if a.child else replay_batches)(json.loads(Path(spec_file).read_text()))
         Path(out_file).write_text(json.dumps(out, default=str))
         return
     if a.retabulate:
-        from profile_retabulate import retabulate
+        from benchmarks.lib.profile_retabulate import retabulate
 
-        retabulate(a.retabulate)
+        retabulate(a.retabulate, run_child)
         return
-    from common import RESULTS, command_line, environment, write_results
-    from mfu import matmul_peak
-    from profile_report import markdown
+    from benchmarks.lib.common import RESULTS, command_line, environment, write_results
+    from benchmarks.lib.mfu import matmul_peak
+    from benchmarks.lib.profile_report import markdown
 
     started = time.time()
     env = environment(1)
