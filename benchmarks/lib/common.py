@@ -56,8 +56,8 @@ def run_worker(spec: dict[str, Any], *, threads: int, log_dir: Path, timeout: fl
         with log.open("a", encoding="utf-8") as handle:
             handle.write(f"\n===== {time.strftime('%H:%M:%S')} {spec['name']} =====\n")
             handle.flush()
-            proc = subprocess.run([*module_command("benchmarks.lib.worker"), str(spec_file), str(out_file)], cwd=REPO, env=env,
-                                  stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
+            proc = subprocess.run([*module_command("benchmarks.lib.worker"), str(spec_file), str(out_file)],
+                                  cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
         if proc.returncode != 0 or not out_file.exists():
             tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
             raise RuntimeError(f"{spec['name']} failed (exit {proc.returncode}); log {log}:\n{tail}")

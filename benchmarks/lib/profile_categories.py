@@ -1,7 +1,8 @@
 """Where a training step's time goes: operator records of a torch.profiler run sorted into categories.
 
 Pure functions over plain records, so the rules are unit-tested with hand-made records
-(tests/unit/benchmarks/test_profile_categories.py); benchmarks/speed/profile_step.py turns real profiler events into records.
+(tests/unit/benchmarks/test_profile_categories.py); benchmarks/speed/profile_step.py turns real profiler events into
+records.
 
 A record is a dict: ``name`` (the operator, e.g. ``aten::mm``), ``shapes`` (its input shapes, as the profiler
 records them with ``record_shapes``), ``self_us`` (self CPU time: its own time, children excluded, so the self
@@ -41,7 +42,8 @@ CATEGORIES = {
 }
 # record_function ranges profile_step.py opens around parts of the step, so their Python time is attributed
 FORWARD_RANGE, DATA_RANGE, CLIP_RANGE = "peftkit.forward", "peftkit.collate", "peftkit.clip_grad_norm"
-MATMUL_KERNELS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"}  # the ones that do the arithmetic
+# the ones that do the arithmetic
+MATMUL_KERNELS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm"}
 MATMUL_WRAPPERS = {"aten::matmul", "aten::linear"}  # dispatch to a kernel; their self time is overhead
 CAST_OPS = {"aten::to", "aten::_to_copy"}
 BOOKKEEPING_OPS = {"aten::view", "aten::reshape", "aten::_unsafe_view", "aten::t", "aten::transpose",

@@ -6,7 +6,8 @@ from typing import Any
 
 SHORT = {"base_matmul": "frozen-base matmuls", "lora_matmul": "LoRA matmuls (rank 16)",
          "head_matmul": "output head matmuls", "attention": "attention (sdpa)", "casts": "dtype casts (autocast)",
-         "elementwise": "forward elementwise / norms / softmax / loss", "backward_other": "backward elementwise + autograd",
+         "elementwise": "forward elementwise / norms / softmax / loss",
+         "backward_other": "backward elementwise + autograd",
          "optimizer": "optimizer (AdamW, zero_grad, clipping)", "bookkeeping": "views / empty / transposes",
          "python_forward": "Python in the forward", "data": "data collation",
          "outside_ops": "outside operators (Trainer loop, profiler)"}
@@ -24,7 +25,8 @@ def category_table(runs: list[dict[str, Any]]) -> list[str]:
                 cell += f", {c['gflops']:.0f} GFLOP/s = {c['of_peak']:.0%} of peak"
             cells.append(cell)
         lines.append(f"| {SHORT.get(row['category'], row['category'])} | " + " | ".join(cells) + " |")
-    lines.append("| (the profiler's own cost, estimated; spread over the rows above) | " + " | ".join(map(overhead_cell, runs)) + " |")
+    lines.append("| (the profiler's own cost, estimated; spread over the rows above) | "
+                 + " | ".join(map(overhead_cell, runs)) + " |")
     lines.append("| **total = window wall time** | " + " | ".join(
         f"100% ({r['window_wall_s'] / r['profiled_steps'] * 1000:.0f} ms/step)" for r in runs) + " |")
     return lines
@@ -79,11 +81,11 @@ def shape_lines(runs: list[dict[str, Any]]) -> list[str]:
 def retabulated(payload: dict[str, Any]) -> list[str]:
     if not any(r.get("tokens_rederived") for r in payload["runs"]):
         return []
-    return [f"Retabulated {payload.get('retabulated')} with `python -m benchmarks.speed.profile_step --retabulate NAME`: the "
-            "first version of the script took the window's batches one batch late (accelerate's loader collates one "
-            "ahead), so the window's token counts (and the figures per token that follow from them) were re-derived "
-            "from the replayed, seeded batch order. Check, window batches' padded positions and whether each is a row "
-            "count of the profiled matmuls: " + "; ".join(map(window_check, payload["runs"]))
+    return [f"Retabulated {payload.get('retabulated')} with `python -m benchmarks.speed.profile_step --retabulate "
+            "NAME`: the first version of the script took the window's batches one batch late (accelerate's loader "
+            "collates one ahead), so the window's token counts (and the figures per token that follow from them) were "
+            "re-derived from the replayed, seeded batch order. Check, window batches' padded positions and whether "
+            "each is a row count of the profiled matmuls: " + "; ".join(map(window_check, payload["runs"]))
             + ". Times, operator figures and the unprofiled rate are the run's own.", ""]
 
 

@@ -198,8 +198,8 @@ def main() -> None:
     for arm in a.arms.split(","):
         loads.append(os.getloadavg()[0])
         with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            cmd = [sys.executable, "-m", "benchmarks.memory.probe_sft_memory", "--one", arm, "--examples", str(a.examples), "--steps", str(a.steps),
-                   "--out", out.name]
+            cmd = [sys.executable, "-m", "benchmarks.memory.probe_sft_memory", "--one", arm,
+                   "--examples", str(a.examples), "--steps", str(a.steps), "--out", out.name]
             proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
             if proc.returncode:
                 print(proc.stdout[-3000:], proc.stderr[-3000:])

@@ -65,12 +65,13 @@ def train(strategy: str, train_file: Path, out_dir: Path, eval_samples: int, ext
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     metrics = json.loads((out_dir / "metrics.json").read_text())
     summary = json.loads((out_dir / "train_summary.json").read_text())
-    line = next((l for l in proc.stdout.splitlines() if l.startswith("imbalance:")), "")
+    line = next((out for out in proc.stdout.splitlines() if out.startswith("imbalance:")), "")
     return {"strategy": strategy, "imbalance_line": line, "command": " ".join(command),
             "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
             "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
             "never_predicted": metrics.get("never_predicted", []), "eval_examples": metrics["num_examples"],
-            "wall_seconds": round(wall, 1), "train_seconds": summary.get("train_runtime_s", summary.get("train_seconds")),
+            "wall_seconds": round(wall, 1),
+            "train_seconds": summary.get("train_runtime_s", summary.get("train_seconds")),
             "peak_rss_gib": round(peak_kib / 2**20, 2)}
 
 
@@ -103,13 +104,14 @@ def main() -> None:
     labels = list(rows[0]["per_class_f1"])
     md = [f"# Imbalanced AG News ({', '.join(f'{k} {v}' for k, v in counts.items())} training rows)", "",
           f"Recipe `{meta['recipe']}` (all-MiniLM-L6-v2 + LoRA r16, 1 epoch), evaluated on {meta['eval']}.", "",
-          "| imbalance.strategy | accuracy | macro F1 | " + " | ".join(f"F1 {l}" for l in labels)
+          "| imbalance.strategy | accuracy | macro F1 | " + " | ".join(f"F1 {label}" for label in labels)
           + " | never predicted | wall | peak RSS |",
           "|---|---|---|" + "---|" * len(labels) + "---|---|---|"]
     for r in rows:
         md.append(f"| {r['strategy']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
-                  + " | ".join(f"{r['per_class_f1'][l]:.3f}" for l in labels)
-                  + f" | {', '.join(r['never_predicted']) or '-'} | {r['wall_seconds']:.0f} s | {r['peak_rss_gib']} GiB |")
+                  + " | ".join(f"{r['per_class_f1'][label]:.3f}" for label in labels)
+                  + f" | {', '.join(r['never_predicted']) or '-'} | {r['wall_seconds']:.0f} s"
+                  + f" | {r['peak_rss_gib']} GiB |")
     md += ["", *[f"- `{r['strategy']}`: {r['imbalance_line']}" for r in rows], "",
            "Commands (from the repository root):", "", *[f"    {r['command']}" for r in rows], ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md))

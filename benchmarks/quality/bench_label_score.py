@@ -27,8 +27,8 @@ def load(recipe_path: str, validation: float, eval_texts: int, run_dir: str | No
     from peftkit.recipe import load_recipe
     from peftkit.tasks import causal
 
-    recipe = load_recipe(REPO / recipe_path, [f"selection.validation_fraction={validation}", "train.save_strategy=epoch",
-                                              f"data.max_eval_samples={eval_texts}"])
+    recipe = load_recipe(REPO / recipe_path, [f"selection.validation_fraction={validation}",
+                                              "train.save_strategy=epoch", f"data.max_eval_samples={eval_texts}"])
     resolve_model_source(recipe.model)
     raw = causal.read_data(recipe)
     source = local_path(recipe.model)
@@ -83,8 +83,8 @@ def main() -> None:
           f"Recipe `{a.recipe}`, {'adapter of ' + a.run_dir if a.run_dir else 'the base model, zero-shot'}; label "
           f"words {counts_line}. Validation: {figures[chosen]['validation']['texts']} rows carved from the training "
           f"rows (selection.validation_fraction={a.validation}, seeded, stratified); eval: "
-          f"{figures[chosen]['eval']['texts']} rows of the eval file (data.max_eval_samples: a seeded subset). Content-free "
-          f"prompt: {content_free!r}; its label log-probabilities: {[round(o, 3) for o in offsets]}.", "",
+          f"{figures[chosen]['eval']['texts']} rows of the eval file (data.max_eval_samples: a seeded subset). "
+          f"Content-free prompt: {content_free!r}; its label log-probabilities: {[round(o, 3) for o in offsets]}.", "",
           f"**Chosen on validation macro-F1: `{chosen}`.** Eval figures of the other methods are context only "
           "(not used for the choice).", "",
           "| label_score | validation accuracy | validation macro-F1 | eval accuracy | eval macro-F1 | "

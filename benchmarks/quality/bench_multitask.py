@@ -209,7 +209,8 @@ def write_results(a, results: dict) -> None:
     for name, folder in (("sst2", "single-sst2"), ("agnews", "single-agnews")):
         t = timing(WORK / folder)
         cells = [acc(single.get(name)) if name == task else "-" for task in ("sst2", "agnews")]
-        rows.append(f"| single-task {name} | {cells[0]} | {cells[1]} | {t.get('wall_s')} ({t.get('load_after', 0):.1f}) |")
+        rows.append(f"| single-task {name} | {cells[0]} | {cells[1]} | {t.get('wall_s')} "
+                    f"({t.get('load_after', 0):.1f}) |")
     if multi:
         t = timing(WORK / "multi")
         rows.append(f"| multi-task (one shared adapter) | {acc(multi.get('sst2'))} | {acc(multi.get('agnews'))} | "
@@ -222,8 +223,8 @@ def write_results(a, results: dict) -> None:
         rows.append(f"| merged {method} ({report['merge']}) | {cells[0]} | {cells[1]} | {t.get('wall_s')} "
                     f"({t.get('load_after', 0):.1f}) |")
     lines = ["# Multi-task, merging and transfer: SmolLM2-135M-Instruct, generative LoRA", "",
-             f"Command: `python -m benchmarks.quality.bench_multitask --train-rows {a.train_rows} --eval-rows {a.eval_rows} "
-             f"--transfer-rows {a.transfer_rows} --stages {a.stages} --methods {a.methods} --write`", "",
+             f"Command: `python -m benchmarks.quality.bench_multitask --train-rows {a.train_rows} --eval-rows "
+             f"{a.eval_rows} --transfer-rows {a.transfer_rows} --stages {a.stages} --methods {a.methods} --write`", "",
              f"{a.train_rows} training rows per task (seeded subset), 1 epoch, hyperparameters of "
              f"recipes/sst2/smollm2_lora_gen.yaml; {a.eval_rows} eval rows per task (seeded subset of SST-2 dev / "
              "AG News test, the same rows for every arm). Accuracy / macro-F1; merged rows give the change in "
@@ -233,7 +234,8 @@ def write_results(a, results: dict) -> None:
              f"{environment_line()}.", "", *rows, ""]
     if transfer:
         lines += ["## Transfer: a small sentiment task (last rows of SST-2 train, labels bad/good, another prompt)", "",
-                  "| start | acc / macro-F1 on SST-2 dev rows asked the new way | wall s (load after) |", "|---|---|---|"]
+                  "| start | acc / macro-F1 on SST-2 dev rows asked the new way | wall s (load after) |",
+                  "|---|---|---|"]
         for key, folder in (("from_scratch", f"transfer{a.transfer_rows}-scratch"),
                             ("from_sst2_adapter", f"transfer{a.transfer_rows}-from-sst2")):
             t = timing(WORK / folder)

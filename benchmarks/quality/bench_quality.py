@@ -65,15 +65,16 @@ def main() -> None:
         acc = median_of(res, "accuracy", 4)
         rows.append(f"| {label} | {median_of(res, 'train_loss', 4)} | {acc:.4f} ± {ci95(acc, n_eval):.3f} | "
                     f"{median_of(res, 'useful_tokens_per_s')} | {median_of(res, 'padding_fraction', 3):.1%} | "
-                    f"{median_of(res, 'train_s')} | {median_of(res, 'eval_s')} | {median_of(res, 'peak_rss_train_mb', 0):.0f} |")
+                    f"{median_of(res, 'train_s')} | {median_of(res, 'eval_s')} | "
+                    f"{median_of(res, 'peak_rss_train_mb', 0):.0f} |")
     speed = ratio_stats(base, peft, "useful_tokens_per_s")
     memory = ratio_stats(base, peft, "peak_rss_train_mb", higher_is_better=False)
     md = [f"# Classification quality with speed: full epochs ({a.model}, SST-2)", "",
           f"Command: `{command_line()}`", "",
-          f"Recipe `{recipe}`, {examples} training examples (seeded subset, the same for both arms), the recipe's "
-          f"full epochs ({peft[0]['steps']} optimizer steps), then the SST-2 dev set ({n_eval} sentences). Accuracy ± 95% "
-          f"binomial interval. Both arms seed {a.seed}. The baseline's dev predictions are made in length-sorted order to "
-          "save benchmark time (same logits as unsorted for right padding).", "",
+          f"Recipe `{recipe}`, {examples} training examples (seeded subset, the same for both arms), the recipe's full "
+          f"epochs ({peft[0]['steps']} optimizer steps), then the SST-2 dev set ({n_eval} sentences). Accuracy ± 95% "
+          f"binomial interval. Both arms seed {a.seed}. The baseline's dev predictions are made in length-sorted order "
+          "to save benchmark time (same logits as unsorted for right padding).", "",
           "| arm | train loss (epoch mean) | dev accuracy | useful tok/s (abs.) | padding | train s (abs.) | "
           "eval s (abs.) | peak RSS MB |",
           "|---|---|---|---|---|---|---|---|", *rows, "",

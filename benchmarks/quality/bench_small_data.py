@@ -17,7 +17,8 @@ Row subsets: for size N and seed S, N rows drawn with random.Random(S) from the 
 arm of that seed); training seed S too. Unlabelled rows: drawn from the rows not in that subset.
 
   python -m benchmarks.quality.bench_small_data --dataset sst2 --sizes 200 500 --seeds 1 2 3 --arms plain edit
-  python -m benchmarks.quality.bench_small_data --dataset sst2 --sizes 500 --seeds 1 --arms teacher distill distill_unl speed
+  python -m benchmarks.quality.bench_small_data --dataset sst2 --sizes 500 --seeds 1 \\
+      --arms teacher distill distill_unl speed
 Results: benchmarks/results/small_data_<dataset>.{json,md} (runs accumulate: a finished run is reused).
 """
 
@@ -164,12 +165,13 @@ def run_arms(args, ds: dict, work: Path) -> dict:
             train_file, unl = subset_files(work, ds, size, seed, args.unlabelled)
             base = data_overrides(ds, train_file, seed)
             if "plain" in args.arms:
-                out["runs"].append(train(f"plain_n{size}_s{seed}", ds["recipe"], base, work) | {"size": size, "seed": seed})
+                out["runs"].append(train(f"plain_n{size}_s{seed}", ds["recipe"], base, work)
+                                   | {"size": size, "seed": seed})
             if "edit" in args.arms:
                 aug_file, report = augmented(ds, train_file, seed, work)
                 out["augment"].append({"size": size, "seed": seed, **report})
-                out["runs"].append(train(f"edit_n{size}_s{seed}", ds["recipe"], data_overrides(ds, aug_file, seed), work)
-                                   | {"size": size, "seed": seed})
+                out["runs"].append(train(f"edit_n{size}_s{seed}", ds["recipe"], data_overrides(ds, aug_file, seed),
+                                         work) | {"size": size, "seed": seed})
             if "dup" in args.arms:
                 out["runs"].append(train(f"dup_n{size}_s{seed}", ds["recipe"],
                                          data_overrides(ds, doubled(train_file, ds), seed), work)
@@ -178,7 +180,8 @@ def run_arms(args, ds: dict, work: Path) -> dict:
                 continue  # the SmolLM2 teacher and the distilled students: first seed only (CPU time)
             teacher_dir = work / "runs" / f"teacher_n{size}_s{seed}"
             if "teacher" in args.arms:
-                out["runs"].append(train(f"teacher_n{size}_s{seed}", ds["teacher"], base, work) | {"size": size, "seed": seed})
+                out["runs"].append(train(f"teacher_n{size}_s{seed}", ds["teacher"], base, work)
+                                   | {"size": size, "seed": seed})
             distill = ["task=distillation", f"distill.teacher={teacher_dir}"]
             if "distill" in args.arms:
                 out["runs"].append(train(f"distill_n{size}_s{seed}", ds["recipe"], base + distill, work)

@@ -1,5 +1,5 @@
-"""`peftkit serve` against the server a user would write (benchmarks/serving/serve_baseline.py: transformers.pipeline per
-request), on the same run folder, both started here on 127.0.0.1, in the same session.
+"""`peftkit serve` against the server a user would write (benchmarks/serving/serve_baseline.py: transformers.pipeline
+per request), on the same run folder, both started here on 127.0.0.1, in the same session.
 
 A bounded load test: a fixed number of requests (one SST-2 dev sentence each) at fixed concurrency levels (closed
 loop: each of C clients sends its next request when the previous one is answered). Levels and the two servers are
@@ -110,8 +110,8 @@ def run(args) -> dict:
     print(f"server logs: {log_dir}", flush=True)
     ports = {"baseline": free_port(), "peftkit": free_port()}
     procs = {
-        "baseline": start("baseline", [sys.executable, "-m", "benchmarks.serving.serve_baseline", args.run], ports["baseline"],
-                          log_dir, args.threads),
+        "baseline": start("baseline", [sys.executable, "-m", "benchmarks.serving.serve_baseline", args.run],
+                          ports["baseline"], log_dir, args.threads),
         "peftkit": start("peftkit", [sys.executable, "-m", "peftkit", "serve", f"run={args.run}",
                                      "--max-batch-size", str(args.max_batch_size)], ports["peftkit"], log_dir,
                          args.threads),
@@ -192,8 +192,8 @@ def table(result: dict) -> str:
         for name in ("baseline", "peftkit"):
             m = level[name]
             ratio = level["throughput_ratio"]
-            extra = (f"**{ratio['median']:.2f}x** ({ratio['min']:.2f}-{ratio['max']:.2f})", f"{level['same_label']:.3f}") \
-                if name == "peftkit" else ("", "")
+            extra = ((f"**{ratio['median']:.2f}x** ({ratio['min']:.2f}-{ratio['max']:.2f})",
+                      f"{level['same_label']:.3f}") if name == "peftkit" else ("", ""))
             lines.append(f"| {level['concurrency']} | {name} | {m['requests_per_s']:.1f} | {m['texts_per_s']:.1f} | "
                          f"{m['p50_ms']:.1f} | {m['p95_ms']:.1f} | {m['p99_ms']:.1f} | {m['errors']} | {extra[0]} | "
                          f"{extra[1]} |")
@@ -219,7 +219,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     text = table(result)
-    (RESULTS / f"{args.name}.md").write_text(f"# peftkit serve vs pipeline-per-request ({result['environment']['date']})"
+    (RESULTS / f"{args.name}.md").write_text("# peftkit serve vs pipeline-per-request "
+                                             f"({result['environment']['date']})"
                                              f"\n\n{text}\n")
     print(text)
 

@@ -118,8 +118,9 @@ def report(a, names: list[str], threads: dict[str, int], results: dict[str, list
           + f" (recipe `{recipe}`, same seed) in a fresh process"
           + (", no evaluation. " if a.stride else f" and is scored on the same {rows[0]['eval_examples']} dev rows. ")
           + "Ratios are "
-          f"against `{reference}` in the same round ({rounds} of {a.repeats} round(s) finished, rotating order). Times are under load "
-          "(load averages per run below): the machine is shared, so the 2-thread figure is a lower bound.", "",
+          f"against `{reference}` in the same round ({rounds} of {a.repeats} round(s) finished, rotating order). Times "
+          "are under load (load averages per run below): the machine is shared, so the 2-thread figure is a lower "
+          "bound.", "",
           f"| arm | what | threads | useful tok/s vs {reference} | peak RSS MB (vs {reference}) | dev accuracy | "
           "useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU, peak on the arm's threads) | load before/after |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -135,7 +136,8 @@ def report(a, names: list[str], threads: dict[str, int], results: dict[str, list
            f"{env['transformers']}, peft {env['peft']}, trl {env['trl']}. Measured {env['date']}, benchmark wall time "
            f"{time.time() - started:.0f} s."]
     payload = {"benchmark": "levers_bf16_base_threads", "command": command_line(), "model": a.model, "recipe": recipe,
-               "examples": a.examples, "eval_examples": a.eval_examples, "repeats": a.repeats, "rounds_finished": rounds, "environment": env,
+               "examples": a.examples, "eval_examples": a.eval_examples, "repeats": a.repeats,
+               "rounds_finished": rounds, "environment": env,
                "rows": rows, "matmul_peaks": {str(t): v for t, v in peaks.items()}, "runs": results}
     write_results(f"levers_{a.name}", payload, "\n".join(md))
 

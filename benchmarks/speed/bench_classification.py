@@ -71,11 +71,11 @@ def main() -> None:
     levers = ", ".join(f"{k}={used[k]}" for k in ("train_sampling_strategy", "bf16", "torch_compile") if k in used)
     md = [f"# Classification speed: peftkit vs plain Trainer + PEFT ({a.model}, SST-2)", "",
           f"Command: `{command_line()}`", "",
-          f"Recipe `{recipe}` ({a.examples} training examples, its batch size, learning rate and LoRA settings for both "
-          f"arms). Each run trains every {stride}th batch of its own epoch order, from batch {stride // 2} "
-          f"({base[0]['steps']} optimizer steps per run, the same in both arms). {repeats} A/B pair(s), alternating which arm goes first. Ratios: "
-          "peftkit / baseline within a pair; median (min-max, n). Memory: baseline peak RSS / peftkit peak RSS "
-          "(>1 means peftkit uses less). Absolute numbers are context only (shared CPU).", "",
+          f"Recipe `{recipe}` ({a.examples} training examples, its batch size, learning rate and LoRA settings for "
+          f"both arms). Each run trains every {stride}th batch of its own epoch order, from batch {stride // 2} "
+          f"({base[0]['steps']} optimizer steps per run, the same in both arms). {repeats} A/B pair(s), alternating "
+          "which arm goes first. Ratios: peftkit / baseline within a pair; median (min-max, n). Memory: baseline peak "
+          "RSS / peftkit peak RSS (>1 means peftkit uses less). Absolute numbers are context only (shared CPU).", "",
           f"peftkit's defaults in these runs: {levers}.", "",
           "Whole-epoch figures are predicted from each run's own steps: step time = a + b x padded positions, "
           "fitted on the measured steps (after the first, whose warm-up is added once), summed over every batch of "
@@ -91,9 +91,11 @@ def main() -> None:
           f"{median_of(peft, 'useful_tokens_per_s')} | {fmt_ratio(measured)} |",
           f"| optimizer steps/s | {median_of(base, 'steps_per_s', 4)} | {median_of(peft, 'steps_per_s', 4)} | "
           f"{fmt_ratio(steps)} |",
-          f"| model GFLOP/s, whole epoch (modelled) | {fmt_mfu(median_mfu(base, peak, 'epoch_useful_tokens_per_s_model'))} | "
+          "| model GFLOP/s, whole epoch (modelled) | "
+          f"{fmt_mfu(median_mfu(base, peak, 'epoch_useful_tokens_per_s_model'))} | "
           f"{fmt_mfu(median_mfu(peft, peak, 'epoch_useful_tokens_per_s_model'))} | |",
-          f"| model GFLOP/s, measured steps only | {fmt_mfu(median_mfu(base, peak))} | {fmt_mfu(median_mfu(peft, peak))} | |",
+          f"| model GFLOP/s, measured steps only | {fmt_mfu(median_mfu(base, peak))} | "
+          f"{fmt_mfu(median_mfu(peft, peak))} | |",
           f"| padding fraction, measured batches | {median_of(base, 'padding_fraction', 3):.1%} | "
           f"{median_of(peft, 'padding_fraction', 3):.1%} | |",
           f"| padding fraction, whole epoch | {median_of(base, 'epoch_padding_fraction', 3):.1%} | "

@@ -76,8 +76,9 @@ def main() -> None:
           f"{median_of(compiled, 'tree_peak_rss_mb_sampled', 0)} | |", "",
           f"Dynamo: {dyn.get('unique_graphs')} unique graphs, {dyn.get('graph_breaks')} graph breaks, "
           f"recompiles {dyn.get('recompiles')}.",
-          f"Break-even: {'never (no steady-state saving)' if break_even is None else f'after ~{break_even} optimizer steps'}"
-          " (extra warm-up / steady saving per step), if no later recompiles.", "", env_lines(env, started)]
+          "Break-even: "
+          f"{'never (no steady-state saving)' if break_even is None else f'after ~{break_even} optimizer steps'} "
+          "(extra warm-up / steady saving per step), if no later recompiles.", "", env_lines(env, started)]
     payload = {"benchmark": "compile", "command": command_line(), "model": model, "steps": steps, "stride": stride,
                "environment": env, "break_even_steps": break_even,
                "ratios": {"useful_tokens_per_s": total, "steady_step": steady}, "runs": results}

@@ -141,13 +141,15 @@ def main() -> None:
           f"Each arm trains the same {a.examples}-example SST-2 subset with the recipe `{recipe}`; the loop runs every "
           f"{stride}th batch of the real epoch order ({steps} optimizer steps per run), so each arm sees the same mix "
           f"of lengths as its whole epoch. Ratios are against `{a.reference}` measured in the same round "
-          f"(rotating order, {repeats} round(s)): median (min-max, n). Absolute tok/s and seconds are context only.", "",
-          f"| arm | what | useful tok/s vs {a.reference} | steps/s vs {a.reference} | padding (measured / whole epoch) | "
-          "peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) | max loss gap vs "
-          f"{a.reference} (logged steps) | load after each run |",
+          f"(rotating order, {repeats} round(s)): median (min-max, n). Absolute tok/s and seconds are context "
+          "only.", "",
+          f"| arm | what | useful tok/s vs {a.reference} | steps/s vs {a.reference} | padding (measured / whole epoch) "
+          f"| peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) | max loss gap vs {a.reference} "
+          "(logged steps) | load after each run |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        md.append(f"| {r['arm']} | {r['note']} | {fmt_ratio(r['useful_tok_s_ratio'])} | {fmt_ratio(r['steps_per_s_ratio'])}"
+        md.append(f"| {r['arm']} | {r['note']} | {fmt_ratio(r['useful_tok_s_ratio'])} | "
+                  f"{fmt_ratio(r['steps_per_s_ratio'])}"
                   f" | {r['padding_fraction']:.1%} / {r['epoch_padding_fraction']:.1%} | {r['peak_rss_mb']:.0f} | "
                   f"{r['useful_tok_s']} | {r['train_s']} | {fmt_mfu(r['mfu'])} | "
                   f"{r['max_loss_gap_vs_reference'] if r['max_loss_gap_vs_reference'] is not None else '-'} | "

@@ -18,9 +18,9 @@ import statistics
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
 from benchmarks.lib.common import MODELS, arg_threads_help, command_line, env_lines, environment, write_results
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
@@ -60,7 +60,8 @@ def main() -> None:
     picked = all_batches[:: max(1, len(all_batches) // n)][:n]
     bf16 = cpu_has_native_bf16()
     optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5)
-    collators = {"longest": DataCollatorWithPadding(tokenizer), "multiple of 8": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)}
+    collators = {"longest": DataCollatorWithPadding(tokenizer),
+                 "multiple of 8": DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)}
 
     def step(batch) -> float:
         t = time.perf_counter()
@@ -94,7 +95,8 @@ def main() -> None:
           f"Command: `{command_line()}`", "",
           f"{len(rows)} real length-grouped training batches of {batch_size} (every k-th batch of the epoch), each "
           f"trained twice per padding (ABBA order); precision: {'bf16 autocast' if bf16 else 'fp32'}. "
-          "Ratio = step time padded to a multiple of 8 / step time padded to the longest (>1: multiple of 8 is slower).",
+          "Ratio = step time padded to a multiple of 8 / step time padded to the longest (>1: multiple of 8 is "
+          "slower).",
           "", "| batch | width (longest) | width (multiple of 8) | s (longest) | s (multiple of 8) | ratio |",
           "|---|---|---|---|---|---|"]
     md += [f"| {r['batch']} | {r['width_longest']} | {r['width_multiple_of_8']} | {r['s_longest']} | "

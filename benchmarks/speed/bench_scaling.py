@@ -72,7 +72,8 @@ def main() -> None:
     env = environment(a.threads)
     table: list[dict] = []
     for i, (axis, value, label, recipe, n, overrides) in enumerate(points):
-        arms = [point("baseline", label, recipe, n, steps, overrides), point("peftkit", label, recipe, n, steps, overrides)]
+        arms = [point("baseline", label, recipe, n, steps, overrides),
+                point("peftkit", label, recipe, n, steps, overrides)]
         if i % 2:
             arms.reverse()  # alternate which arm goes first
         row = {"axis": axis, "value": value, "examples": n, "recipe": recipe}
@@ -86,8 +87,8 @@ def main() -> None:
         table.append(row)
 
     def lines(axis: str, header: str) -> list[str]:
-        out = [f"| {header} | batches/epoch | baseline: epoch s (model) | baseline padding | peftkit: epoch s (model) | "
-               "peftkit padding | peftkit speed-up | useful tokens/example |",
+        out = [f"| {header} | batches/epoch | baseline: epoch s (model) | baseline padding | peftkit: epoch s (model) "
+               "| peftkit padding | peftkit speed-up | useful tokens/example |",
                "|---|---|---|---|---|---|---|---|"]
         for r in (r for r in table if r["axis"] == axis):
             b, k = r["baseline"], r["peftkit"]

@@ -6,7 +6,8 @@ One SmolLM2-135M-Instruct base model (no adapter: evaluation after training scor
 add their own small cost to both arms), the first N prompts of each recipe's eval file, rendered exactly as
 `peftkit evaluate` renders them. Arms, timed in rotating order within each round:
 
-  today          peftkit/evaluation/causal.py as of commit 51ed3c3 (benchmarks/speed/scoring_baseline.py, a verbatim copy):
+  today          peftkit/evaluation/causal.py as of commit 51ed3c3 (benchmarks/speed/scoring_baseline.py, a verbatim
+  copy):
                  prompts once with a key/value cache, then one forward pass per label on a deep copy of the cache
   one-pass       the new scoring in float32: all labels' continuations in one forward pass over the cache repeated
                  along the batch, no copies, under inference_mode
@@ -46,7 +47,8 @@ def prepared(recipe_path: str, texts: int):
     data = causal.prepare_data(recipe, tokenizer, raw)
     model = causal.load_model(recipe, tokenizer, data, source).eval()
     split = raw.splits["eval"]
-    return model, data.prepared["encoder"], split["prompt"], raw.label_words, recipe.data.use_chat_template, split["label"]
+    return (model, data.prepared["encoder"], split["prompt"], raw.label_words, recipe.data.use_chat_template,
+            split["label"])
 
 
 def score(arm: str, model, encoder, prompts, words, chat):

@@ -89,8 +89,8 @@ def main() -> None:
           f"{a.repeats}) | load |", "|---|---|---|---|",
           *[f"| {r['case']} | {r['backend']} | {r['ms']} | {r['load_avg']} |" for r in rows], "",
           "A training step makes 30 such calls (one per layer). Cases in the module docstring of "
-          "benchmarks/speed/bench_sdpa_cpu.py. Machine shared, one core busy with another training run: times are under "
-          f"load (load average {env['load_avg_at_start'][0]} at start). torch {env['torch']}, {env['date']}."]
+          "benchmarks/speed/bench_sdpa_cpu.py. Machine shared, one core busy with another training run: times are "
+          f"under load (load average {env['load_avg_at_start'][0]} at start). torch {env['torch']}, {env['date']}."]
     name = "sdpa_cpu_forward" if a.forward_only else "sdpa_cpu"
     write_results(name, {"benchmark": "sdpa_cpu", "command": command_line(), "environment": env,
                          "rows": rows}, "\n".join(md))

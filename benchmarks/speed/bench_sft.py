@@ -1,7 +1,8 @@
 """SFT / generative path: plain trl.SFTTrainer (packing off, its default) against packing + padding-free
 (what peftkit's SFT path defaults to), and peftkit's own SFT path and LLaMA-Factory where available.
 
-    python -m benchmarks.speed.bench_sft [--quick] [--examples 256] [--arms trl-packing-off,trl-packing-on,peftkit-sft,llamafactory]
+    python -m benchmarks.speed.bench_sft [--quick] [--examples 256] [--arms
+    trl-packing-off,trl-packing-on,peftkit-sft,llamafactory]
 
 Task: SST-2 as "Review: <sentence>\\nSentiment:" -> " negative" | " positive" (loss on the label word only, as
 TRL does for prompt/completion data and LLaMA-Factory does by default), SmolLM2-135M-Instruct + LoRA r16 all-linear,
@@ -192,12 +193,14 @@ def main() -> None:
                 print(f"    {skipped[name]}", flush=True)
                 continue
             results[name].append(res)
-            print(f"    train {res['train_s']:.1f} s, {res['steps']} steps, useful {res.get('useful_tokens_per_s')} tok/s",
+            print(f"    train {res['train_s']:.1f} s, {res['steps']} steps, useful {res.get('useful_tokens_per_s')} "
+                  "tok/s",
                   flush=True)
     peaks.append(matmul_peak(a.threads))
     peak = best_peak(*peaks)
     # the reference: the plain-TRL baseline, or the first arm measured when the baseline was not asked for
-    reference = "trl-packing-off" if results.get("trl-packing-off") else next((n for n, r in results.items() if r), None)
+    measured = [n for n, r in results.items() if r]
+    reference = "trl-packing-off" if results.get("trl-packing-off") else next(iter(measured), None)
     base = results.get(reference) or []
     rows = []
     for name, res in results.items():
@@ -216,19 +219,19 @@ def main() -> None:
           f"Command: `{command_line()}`", "",
           f"{examples} SST-2 training sentences as prompt -> label word, one full epoch per arm, lr "
           f"{HYPER['learning_rate']}, batch {HYPER['batch_size']}, max_length {HYPER['max_length']}, LoRA r16 "
-          f"all-linear, precision as each arm's defaults say (TRL's: bf16 autocast). Ratios are against {reference} measured in "
-          f"the same round ({a.repeats} round(s)). Packed arms take fewer, fuller optimizer steps: compare epoch time "
-          "and useful tokens/s. LLaMA-Factory's tokens are its own `num_input_tokens_seen` (non-padding), its time "
-          "its own `train_runtime`, its memory the peak RSS of the whole CLI process.", "",
-          f"| arm | useful tok/s vs {reference} | epoch speed vs {reference} | optimizer steps | padding | train loss | "
-          "label accuracy | peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) |",
+          f"all-linear, precision as each arm's defaults say (TRL's: bf16 autocast). Ratios are against {reference} "
+          f"measured in the same round ({a.repeats} round(s)). Packed arms take fewer, fuller optimizer steps: compare "
+          "epoch time and useful tokens/s. LLaMA-Factory's tokens are its own `num_input_tokens_seen` (non-padding), "
+          "its time its own `train_runtime`, its memory the peak RSS of the whole CLI process.", "",
+          f"| arm | useful tok/s vs {reference} | epoch speed vs {reference} | optimizer steps | padding | train loss "
+          "| label accuracy | peak RSS MB | useful tok/s (abs.) | train s (abs.) | model GFLOP/s (MFU) |",
           "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
     if skipped:
         md += ["", "Not run:"] + [f"- {k}: {v}" for k, v in skipped.items()]
     md += ["", peak_line(peaks) + " LLaMA-Factory's run is not instrumented for MFU (n/a).", "",
            env_lines(env, started)]
-    payload = {"benchmark": "sft", "matmul_peaks": peaks, "command": command_line(), "examples": examples, "hyper": HYPER,
-               "environment": env, "skipped": skipped, "runs": results}
+    payload = {"benchmark": "sft", "matmul_peaks": peaks, "command": command_line(), "examples": examples,
+               "hyper": HYPER, "environment": env, "skipped": skipped, "runs": results}
     write_results(a.name + ("_quick" if a.quick else ""), payload, "\n".join(md))
 
 

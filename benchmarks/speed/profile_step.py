@@ -200,8 +200,9 @@ def run_child(spec: dict[str, Any], log_dir: Path, mode: str = "--child") -> dic
                    HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
         log = log_dir / f"profile_{spec['name'].replace(':', '_')}{mode.replace('--', '_')}.log"
         with log.open("w") as handle:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.speed.profile_step", mode, str(spec_file), str(out_file)], cwd=REPO,
-                                  env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=1800)
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.speed.profile_step", mode, str(spec_file),
+                                   str(out_file)], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                  timeout=1800)
         if proc.returncode != 0 or not out_file.exists():
             raise RuntimeError(f"{spec['name']} failed (exit {proc.returncode}); see {log}")
         return json.loads(out_file.read_text())

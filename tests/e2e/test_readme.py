@@ -1,6 +1,7 @@
 """Every command in README.md is run by a test: here, or by the test named for it.
 
-The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real data (SST-2 rows written as
+The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real data
+(SST-2 rows written as
 the user's `my_reviews.csv` / `new_reviews.csv`), shortened by one override (`train.max_steps=2`). One more
 substitution: `packaged:smollm2-135m-instruct` becomes a tiny random Llama with SmolLM2's tokenizer (tests never
 train the real 135M model by default). Commands that cannot run here (installing, the test suite itself, GPU
@@ -32,7 +33,8 @@ COVERED = {
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
-    "peftkit validate recipes/": ("tests/unit/recipe/test_shipped_recipes.py", "check_recipe_inputs(recipe)"),  # from the repo root
+    # from the repo root
+    "peftkit validate recipes/": ("tests/unit/recipe/test_shipped_recipes.py", "check_recipe_inputs(recipe)"),
     "python -m benchmarks.speed.bench_classification": ("tests/unit/benchmarks/test_bench_helpers.py", "bench"),
     # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
     "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
@@ -56,7 +58,8 @@ COVERED = {
     "peftkit train recipes/sst2/smollm2_lora_gen.yaml adapter.init_from=": ("tests/e2e/test_multitask_cli.py",
                                                                            '["adapter"]["init_from"]'),
     "peftkit merge-adapters": ("tests/e2e/test_multitask_cli.py", '"merge-adapters"'),
-    "python -m benchmarks.quality.bench_multitask": ("benchmarks/README.md", "python -m benchmarks.quality.bench_multitask"),
+    "python -m benchmarks.quality.bench_multitask": ("benchmarks/README.md",
+                                                     "python -m benchmarks.quality.bench_multitask"),
 }
 
 

@@ -1,4 +1,5 @@
-r"""`python tests/helpers/hooked_peftkit.py ARGS` is `python -m peftkit ARGS` with test-only faults switched on by the environment.
+r"""`python tests/helpers/hooked_peftkit.py ARGS` is `python -m peftkit ARGS` with test-only faults switched on by the
+environment.
 
 Tests use it where a fault must happen at an exact point of a real run (a real process, real signals, real files),
 which no recipe can arrange. Nothing here is imported by peftkit itself.
@@ -12,7 +13,8 @@ which no recipe can arrange. Nothing here is imported by peftkit itself.
 * ``PEFTKIT_TEST_SLOW_LOAD=FILE``: loading the base model first creates FILE, then sleeps (up to 120 s): a test
   sends its signal while the model loads.
 
-Under ``accelerate launch`` it is the script: ``accelerate launch --config_file ... tests/helpers/hooked_peftkit.py train ...``.
+Under ``accelerate launch`` it is the script: ``accelerate launch --config_file ... tests/helpers/hooked_peftkit.py
+train ...``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def install_hang_in_save(signal_file: str) -> None:
 
 
 def nan_build_trainer(real_build, steps: set[int], rank: int | None):
-    """A task's build_trainer (peftkit.tasks.classification), plus a forward hook that makes the loss of `steps` NaN (on `rank`, or all)."""
+    """A task's build_trainer (peftkit.tasks.classification), plus a forward hook that makes the loss of `steps`
+    NaN (on `rank`, or all)."""
 
     def build_trainer_with_nan(*args, **kwargs):
         trainer = real_build(*args, **kwargs)

@@ -1,9 +1,10 @@
-"""Counts of the hostile-input suite by class (issue 12): `python tests/helpers/hostile_counts.py [--counting] [--slow]`.
+"""Counts of the hostile-input suite by class (issue 12): `python tests/helpers/hostile_counts.py [--counting]
+[--slow]`.
 
-Runs tests/unit/test_bad_input_fails_loudly.py (and, with --e2e, tests/e2e/test_terminal_output_and_signals.py) and prints, for
-each class of the issue (silent wrong success, traceback, unclear, quiet), how many cases ended as: ok, traceback,
-silent (exit 0 or went on where an error was due), unclear, damaged, noisy. --counting records a model load where
-an error was due instead of stopping it (how the "before" counts were taken on the code before the fixes).
+Runs tests/unit/test_bad_input_fails_loudly.py (and, with --e2e, tests/e2e/test_terminal_output_and_signals.py) and
+prints, for each class of the issue (silent wrong success, traceback, unclear, quiet), how many cases ended as: ok,
+traceback, silent (exit 0 or went on where an error was due), unclear, damaged, noisy. --counting records a model load
+where an error was due instead of stopping it (how the "before" counts were taken on the code before the fixes).
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ class Proc:
         deadline = time.monotonic() + timeout
         while not condition():
             if self.popen.poll() is not None:
-                raise AssertionError(f"process ended (rc {self.popen.returncode}) before {what}:\n{self.stderr[-3000:]}")
+                raise AssertionError(f"process ended (rc {self.popen.returncode}) before {what}:\n"
+                                     f"{self.stderr[-3000:]}")
             if time.monotonic() > deadline:
                 self.kill_all()
                 raise AssertionError(f"timed out waiting for {what}")
@@ -112,7 +113,8 @@ class Proc:
 
 def start(args: list[str], log_dir: Path, name: str, hooked: bool = False, launch: str | None = None,
           **env: str) -> Proc:
-    """`python -m peftkit ARGS` (or tests/helpers/hooked_peftkit.py; or under `accelerate launch --config_file LAUNCH`)."""
+    """`python -m peftkit ARGS` (or tests/helpers/hooked_peftkit.py; or under
+    `accelerate launch --config_file LAUNCH`)."""
     entry = [str(HOOKED)] if hooked else ["-m", "peftkit"]
     if launch:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / launch)]

@@ -83,11 +83,11 @@ class Ctx:
             recipe[section][key] = value
         return write_recipe(path, recipe)
 
-    def model_folder(self, name: str, drop: tuple[str, ...] = (), add: dict[str, bytes] = {}) -> Path:
+    def model_folder(self, name: str, drop: tuple[str, ...] = (), add: dict[str, bytes] | None = None) -> Path:
         folder = Path(shutil.copytree(self.model, self.tmp / name))
         for file in drop:
             (folder / file).unlink()
-        for file, content in add.items():
+        for file, content in (add or {}).items():
             (folder / file).write_bytes(content)
         return folder
 
@@ -156,19 +156,22 @@ CASES = [
     ("utf-16-encoding", lambda c: c.train(data={"train_file": str(c.write("u.tsv", (TSV_HEADER + "good\t1\n")
                                                                           .encode("utf-16")))}),
      "u.tsv: line 1 is not UTF-8 text (column 1, byte 0"),
-    ("eval-file-missing-text-column", lambda c: c.train(data={"eval_file": str(c.write("ev.tsv", "text\tlabel\nok\t1\n"))}),
+    ("eval-file-missing-text-column",
+     lambda c: c.train(data={"eval_file": str(c.write("ev.tsv", "text\tlabel\nok\t1\n"))}),
      "ev.tsv: column 'sentence' (data.text_column) not found; the file has columns text, label"),
     ("ragged-row", lambda c: c.train(data={"train_file": str(c.write("r.tsv", TSV_HEADER + "a\t1\nb\t0\textra\n"))}),
      "r.tsv: cannot be read as tsv: line 3 has 3 fields, the header has 2"),
-    ("jsonl-broken-line", lambda c: c.train(data={"train_file": str(c.write("b.jsonl", '{"sentence": "a", "label": 1}\n'
-                                                                                       '{"sentence": "b", "label": \n'))}),
+    ("jsonl-broken-line",
+     lambda c: c.train(data={"train_file": str(c.write("b.jsonl", '{"sentence": "a", "label": 1}\n'
+                                                                  '{"sentence": "b", "label": \n'))}),
      "b.jsonl: cannot be read as json: line 2 is not JSON"),
     ("json-array-of-strings", lambda c: c.train(data={"train_file": str(c.write("s.json", '["a", "b"]'))}),
      "s.json: cannot be read as json: every line must be a JSON object"),
     ("corrupt-parquet", lambda c: c.train(data={"train_file": str(c.write("p.parquet", parquet_bytes()))}),
      "p.parquet: cannot be read as parquet"),
-    ("label-outside-set", lambda c: c.train(data={"train_file": str(c.write("o.tsv", TSV_HEADER + "a\t1\nb\t0\nc\t7\n")),
-                                                  "invalid_rows": "error"}),
+    ("label-outside-set",
+     lambda c: c.train(data={"train_file": str(c.write("o.tsv", TSV_HEADER + "a\t1\nb\t0\nc\t7\n")),
+                             "invalid_rows": "error"}),
      "o.tsv: 1 bad rows (0 empty text, 1 unknown label); first: row 3: label '7' not in ['negative', 'positive']"),
     ("every-row-invalid", lambda c: c.train(data={"train_file": str(c.write("x.tsv", TSV_HEADER + "a\t5\n\t1\n"))}),
      "x.tsv: no usable rows left (2 skipped)"),
@@ -181,13 +184,15 @@ CASES = [
     # ---- model folders -------------------------------------------------------------------------------------
     ("model-path-missing", lambda c: c.train(model={"name_or_path": str(c.tmp / "no-model")}),
      "model.name_or_path: local folder "),
-    ("model-folder-without-config", lambda c: c.train(model={"name_or_path": str(c.model_folder("m", drop=("config.json",)))}),
+    ("model-folder-without-config",
+     lambda c: c.train(model={"name_or_path": str(c.model_folder("m", drop=("config.json",)))}),
      "has no config.json; is it a transformers model folder?"),
     ("model-path-is-a-file", lambda c: c.train(model={"name_or_path": str(c.model / "config.json")}),
      "config.json is a file; give the model's folder"),
     ("model-only-pickle-weights", lambda c: c.train(model={"name_or_path": str(pickle_only_model(c))}),
      "has only pickle weights (pytorch_model.bin); pickles can run code when loaded"),
-    ("model-config-not-json", lambda c: c.train(model={"name_or_path": str(c.model_folder("j", add={"config.json": b"{oops"}))}),
+    ("model-config-not-json",
+     lambda c: c.train(model={"name_or_path": str(c.model_folder("j", add={"config.json": b"{oops"}))}),
      "config.json cannot be read as JSON"),
     ("model-needs-custom-code", lambda c: c.train(model={"name_or_path": str(custom_code_model(c))}),
      "needs its own Python code to load (modeling_evil.py; model type 'evil' is not built into transformers)"),
@@ -201,7 +206,8 @@ CASES = [
     ("output-is-a-foreign-folder", foreign_output_folder, "docs exists and is not a peftkit run folder"),
     ("checkpoints-without-resume", lambda c: ["train", str(c.run_copy()[0])],
      "already has checkpoints (latest: checkpoint-2). Continue that run with `peftkit train"),
-    ("resume-with-a-changed-recipe", lambda c: ["train", str(c.edited_run_recipe(train__learning_rate=1e-3)), "--resume"],
+    ("resume-with-a-changed-recipe",
+     lambda c: ["train", str(c.edited_run_recipe(train__learning_rate=1e-3)), "--resume"],
      "already holds a different run (changed: train.learning_rate)"),
     ("finished-run-but-data-file-emptied", good_run_data_emptied, "data/train.tsv: the file is empty"),
     # ---- overrides and the command line ---------------------------------------------------------------------
@@ -218,14 +224,16 @@ CASES = [
     ("evaluate-not-a-run-folder", lambda c: ["evaluate", str(c.tmp)], "is not a peftkit run folder (no recipe.yaml)"),
     ("evaluate-run-without-adapter", lambda c: ["evaluate", str(run_without(c, "adapter"))],
      "has no trained adapter (adapter/adapter_config.json); did the train run finish?"),
-    ("evaluate-adapter-without-weights", lambda c: ["evaluate", str(run_without(c, "adapter/adapter_model.safetensors"))],
+    ("evaluate-adapter-without-weights",
+     lambda c: ["evaluate", str(run_without(c, "adapter/adapter_model.safetensors"))],
      "has no adapter weights (adapter_model.safetensors)"),
     ("evaluate-data-missing", lambda c: ["evaluate", str(c.run_copy()[1]), "--data", str(c.tmp / "none.tsv")],
      "data file not found"),
     ("evaluate-data-wrong-columns", lambda c: ["evaluate", str(c.run_copy()[1]), "--data",
                                                str(c.write("w.tsv", "review\tstars\nok\t1\n"))],
      "w.tsv: column 'sentence' (data.text_column) not found; the file has columns review, stars"),
-    ("evaluate-run-recipe-edited-badly", run_recipe_edited_badly, "run/recipe.yaml: unknown key 'adapter.rank'; known keys: r, lora_alpha"),
+    ("evaluate-run-recipe-edited-badly", run_recipe_edited_badly,
+     "run/recipe.yaml: unknown key 'adapter.rank'; known keys: r, lora_alpha"),
 ]
 
 
@@ -247,8 +255,8 @@ def no_model_loading(monkeypatch):
     def tripwire(*args, **kwargs):
         raise AssertionError("a model was loaded before the error was found")
 
-    for module, name in ((peftkit.tasks.classification, "load_classifier"), (peftkit.model.base, "load_trained_classifier"),
-                         (peftkit.model.base, "_load_model")):
+    for module, name in ((peftkit.tasks.classification, "load_classifier"),
+                         (peftkit.model.base, "load_trained_classifier"), (peftkit.model.base, "_load_model")):
         monkeypatch.setattr(module, name, tripwire)
 
 

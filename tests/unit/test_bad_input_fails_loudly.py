@@ -467,7 +467,8 @@ def damaged_run(file: str, how: str, extra: tuple[str, ...] = ()) -> Callable[[C
 
 
 for damage_id, file, how, words in RUN_DAMAGE:
-    make = damaged_run(file, how, ("adapter/tokenizer_config.json",) if damage_id == "adapter-tokenizer-missing" else ())
+    also_damaged = ("adapter/tokenizer_config.json",) if damage_id == "adapter-tokenizer-missing" else ()
+    make = damaged_run(file, how, also_damaged)
     case(f"evaluate-{damage_id}", "traceback", lambda c, make=make: ["evaluate", str(make(c))], Err(*words))
     case(f"merge-{damage_id}", "traceback", lambda c, make=make: ["merge", str(make(c))], Err(*words))
     case(f"push-dry-run-{damage_id}", "silent",

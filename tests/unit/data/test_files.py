@@ -79,7 +79,8 @@ def test_delimiter_must_be_one_character(tmp_path):
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
 def test_encoding_error_names_the_line(tmp_path, suffix):
     path = tmp_path / f"d{suffix}"
-    good = ['{"text": "fine", "label": "a"}\n' if suffix == ".jsonl" else f"fine{',' if suffix == '.csv' else chr(9)}a\n"]
+    separator = "," if suffix == ".csv" else "\t"
+    good = ['{"text": "fine", "label": "a"}\n' if suffix == ".jsonl" else f"fine{separator}a\n"]
     head = "" if suffix == ".jsonl" else f"text{',' if suffix == '.csv' else chr(9)}label\n"
     body = (head + good[0] * 3000).encode("utf-8")  # past the decoder's first chunk
     bad = good[0].replace("fine", "na\xefve").encode("latin-1")

@@ -22,7 +22,7 @@ NAMES = {"0": "negative", "1": "positive"}
 
 def sst2_rows(n: int, start: int = 1) -> list[tuple[str, str]]:
     lines = (SST2 / "dev.tsv").read_text(encoding="utf-8").splitlines()[start:start + n]
-    return [(t.strip(), NAMES[l]) for t, l in (line.split("\t") for line in lines)]
+    return [(t.strip(), NAMES[label]) for t, label in (line.split("\t") for line in lines)]
 
 
 def agnews_rows(n: int) -> list[tuple[str, str]]:
@@ -61,7 +61,7 @@ def test_each_format_gives_a_recipe_that_validates(kind, tmp_path):
     if kind == "tsv-header":
         data = write_delimited(tmp_path / "d.tsv", rows, "\t")
     elif kind == "csv-comma-header":
-        rows = [(t + ', "really"', l) for t, l in rows]  # commas and quotes inside the text
+        rows = [(t + ', "really"', label) for t, label in rows]  # commas and quotes inside the text
         data = write_delimited(tmp_path / "d.csv", rows, ",")
     elif kind == "csv-semicolon-noheader":
         data = write_delimited(tmp_path / "d.csv", rows, ";", header=None, label_first=True)
@@ -71,13 +71,14 @@ def test_each_format_gives_a_recipe_that_validates(kind, tmp_path):
         data = write_delimited(tmp_path / "d.tsv", rows, "\t", header=None)
     elif kind == "jsonl":
         data = tmp_path / "d.jsonl"
-        data.write_text("".join(json.dumps({"id": i, "text": t, "label": l}) + "\n" for i, (t, l) in enumerate(rows)))
+        data.write_text("".join(json.dumps({"id": i, "text": t, "label": label}) + "\n"
+                                for i, (t, label) in enumerate(rows)))
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         data = tmp_path / "d.parquet"
-        pq.write_table(pa.table({"stars": [1 if l == "negative" else 5 for _, l in rows],
+        pq.write_table(pa.table({"stars": [1 if label == "negative" else 5 for _, label in rows],
                                  "body": [t for t, _ in rows]}), data)
     recipe, text, summary = run_init(tmp_path, data)
     d = recipe.data
@@ -95,7 +96,7 @@ def test_each_format_gives_a_recipe_that_validates(kind, tmp_path):
         assert (d.text_column, d.label_column) == ("review", "sentiment")
     if kind != "parquet":
         assert d.label_names == ["negative", "positive"]
-    counts = {n: sum(l == n for _, l in rows) for n in ("negative", "positive")}
+    counts = {n: sum(label == n for _, label in rows) for n in ("negative", "positive")}
     if kind != "parquet":
         assert f"negative {counts['negative']}, positive {counts['positive']}" in text
     assert d.eval_file is None and d.eval_fraction == 0.2  # under 1,000 rows: a fifth held out
@@ -110,7 +111,7 @@ def test_header_rule():
 
 
 def test_detects_semicolon_even_with_commas_in_the_text(tmp_path):
-    rows = [(f"{t}, with a comma, or two", l) for t, l in sst2_rows(40)]
+    rows = [(f"{t}, with a comma, or two", label) for t, label in sst2_rows(40)]
     layout = detect_layout(write_delimited(tmp_path / "d.csv", rows, ";"))
     assert (layout.delimiter, layout.has_header, layout.columns) == (";", True, ["sentence", "label"])
 

@@ -38,7 +38,7 @@ def test_trained_head_and_adapter_come_back_with_identical_logits(tiny_llama_dir
     model = attach_adapter(load_classifier(section, QuantizationSection(), LABELS, tokenizer),
                            AdapterSection(r=4), "SEQ_CLS")
     with torch.no_grad():  # stand-in for training: move every trainable weight, the head included
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.5)
     assert any("score" in n for n, p in model.named_parameters() if p.requires_grad), "head must train"

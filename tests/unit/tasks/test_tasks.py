@@ -10,8 +10,8 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe import TASKS
 from peftkit.tasks import REGISTRY, task_for
 
-INTERFACE = ("read_data", "prepare_data", "training_arguments", "load_model", "build_trainer", "training_facts", "evaluate",
-             "save_metrics", "evaluate_run", "card")
+INTERFACE = ("read_data", "prepare_data", "training_arguments", "load_model", "build_trainer", "training_facts",
+             "evaluate", "save_metrics", "evaluate_run", "card")
 
 
 def test_every_recipe_task_has_a_module_and_no_module_is_unreachable():

@@ -1,4 +1,5 @@
-"""peftkit.trainer.attention: the math sdpa kernel on CPU reaches training, and computes what the default kernel computes.
+"""peftkit.trainer.attention: the math sdpa kernel on CPU reaches training, and computes what the default kernel
+computes.
 
 Tolerance: float32 throughout. The math and flash kernels reduce in different orders; on the tiny Llama that
 moves logits by ~1e-7 and the loss by less. 1e-5 is far above that noise and far below what a mask mistake does

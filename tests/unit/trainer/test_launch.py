@@ -85,7 +85,7 @@ def test_adjust_leaves_gpu_launch_alone(clean_env):
 def test_adjust_drops_ddp_backend_in_one_process(tmp_path):
     adjusted = distributed.adjust_training_args_for_launch({"ddp_backend": "gloo", "bf16": False}, has_cuda=False)
     assert adjusted == {"bf16": False}
-    training_args(tmp_path, **adjusted).device  # a backend left in would raise here
+    _ = training_args(tmp_path, **adjusted).device  # a backend left in would raise here
 
 
 @pytest.mark.parametrize("env, expected", [

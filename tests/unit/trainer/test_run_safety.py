@@ -211,7 +211,8 @@ def test_resume_skips_a_half_written_newest_checkpoint(tmp_path, capsys):
 
 def test_without_resume_checkpoints_are_an_error_not_a_silent_restart(tmp_path):
     fake_checkpoint(tmp_path, 4, complete=True)
-    with pytest.raises(Exception, match=r"already has checkpoints \(latest: checkpoint-4\).*peftkit train r.yaml --resume"):
+    with pytest.raises(Exception, match=r"already has checkpoints \(latest: checkpoint-4\).*peftkit train r.yaml "
+                                        r"--resume"):
         resume_point(tmp_path, resume=False, recipe_source="r.yaml")
 
 

@@ -99,8 +99,10 @@ def test_native_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
                             ("fpu avx2 avx512f", False)):
         fake = tmp_path / "cpuinfo"
         fake.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        monkeypatch.setattr(builtins, "open",
-                            lambda path, *a, **k: real_open(fake, *a, **k) if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+        def fake_open(path, *a, fake=fake, **k):
+            return real_open(fake if path == "/proc/cpuinfo" else path, *a, **k)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
         assert speed.cpu_has_native_bf16() is expected
     monkeypatch.setattr(platform, "machine", lambda: "arm64")
     assert speed.cpu_has_native_bf16() is False
