@@ -43,7 +43,8 @@ def test_bundled_data_ships_with_the_package():
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["peftkit"]
     root = REPO / "peftkit"
     shipped = {p.relative_to(root) for pattern in patterns for p in root.glob(pattern)}
-    for name in ("defaults/data/sst2/train_4k.tsv", "defaults/data/sst2/dev.tsv", "defaults/data/sst2/SOURCE.md",
+    for name in ("defaults/data/sst2/train.tsv", "defaults/data/sst2/train_4k.tsv", "defaults/data/sst2/dev.tsv",
+                 "defaults/data/sst2/SOURCE.md",
                  "defaults/data/make_sst2_subset.py", "defaults/sst2_quickstart.yaml"):
         assert any(str(p) == name for p in shipped), name
     source = (root / "defaults/data/sst2/SOURCE.md").read_text()
