@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.lib.common import local_data
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -312,7 +314,8 @@ def peftkit_recipe(spec: dict[str, Any]):
     from peftkit.recipe import load_recipe
 
     overrides = [f"output_dir={spec['workdir']}/run", "overwrite_output_dir=true", 'train.save_strategy="no"',
-                 f"evaluate.enabled={'true' if spec.get('evaluate') else 'false'}", *spec.get("overrides", [])]
+                 f"evaluate.enabled={'true' if spec.get('evaluate') else 'false'}", *local_data(spec["recipe"]),
+                 *spec.get("overrides", [])]
     return load_recipe(REPO / spec["recipe"], overrides)
 
 

@@ -26,8 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.lib.common import SHARED_DATA, local_data
+
 REPO = Path(__file__).resolve().parents[2]
-AGNEWS = REPO.parent / "shared" / "data" / "agnews"
+AGNEWS = SHARED_DATA / "agnews"
 RESULTS = REPO / "benchmarks" / "results"
 RECIPE = REPO / "recipes" / "agnews" / "minilm_lora_cls.yaml"
 
@@ -50,9 +52,10 @@ def build_imbalanced(source: Path, out: Path, rare: list[str], keep: float, seed
 
 
 def train(strategy: str, train_file: Path, out_dir: Path, eval_samples: int, extra: list[str]) -> dict:
-    overrides = [f"output_dir={out_dir}", "overwrite_output_dir=true", f"data.train_file={train_file}",
-                 "data.max_train_samples=null", f"data.max_eval_samples={eval_samples}",
-                 f"imbalance.strategy={strategy}", "train.report_to=[]", "train.save_strategy=\"no\"", *extra]
+    overrides = [*local_data(RECIPE), f"output_dir={out_dir}", "overwrite_output_dir=true",
+                 f"data.train_file={train_file}", "data.max_train_samples=null",
+                 f"data.max_eval_samples={eval_samples}", f"imbalance.strategy={strategy}",
+                 "train.report_to=[]", "train.save_strategy=\"no\"", *extra]
     command = ["python", "-m", "peftkit", "train", str(RECIPE.relative_to(REPO)), *overrides]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false")

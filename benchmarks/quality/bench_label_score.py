@@ -19,7 +19,7 @@ import argparse
 import os
 import time
 
-from benchmarks.lib.common import REPO, command_line, environment, write_results
+from benchmarks.lib.common import REPO, command_line, environment, local_data, write_results
 
 
 def load(recipe_path: str, validation: float, eval_texts: int, run_dir: str | None):
@@ -27,7 +27,7 @@ def load(recipe_path: str, validation: float, eval_texts: int, run_dir: str | No
     from peftkit.recipe import load_recipe
     from peftkit.tasks import causal
 
-    recipe = load_recipe(REPO / recipe_path, [f"selection.validation_fraction={validation}",
+    recipe = load_recipe(REPO / recipe_path, [*local_data(recipe_path), f"selection.validation_fraction={validation}",
                                               "train.save_strategy=epoch", f"data.max_eval_samples={eval_texts}"])
     resolve_model_source(recipe.model)
     raw = causal.read_data(recipe)

@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.lib.common import REPO, SHARED_DATA, command_line, environment, write_results
+from benchmarks.lib.common import REPO, SHARED_DATA, command_line, environment, local_data, write_results
 
 DATASETS = {
     "sst2": {"train": SHARED_DATA / "sst2" / "train.tsv", "eval": SHARED_DATA / "sst2" / "dev.tsv",
@@ -98,8 +98,8 @@ def train(name: str, recipe: str, overrides: list[str], work: Path) -> dict:
 
 def data_overrides(ds: dict, train_file: Path, seed: int) -> list[str]:
     extra = [] if ds["header"] else ["data.has_header=true", "data.column_names=null"]
-    return [f"data.train_file={train_file}", "data.max_train_samples=null", f"train.seed={seed}",
-            f"train.data_seed={seed}", *extra]
+    return [*local_data(ds["recipe"]), f"data.train_file={train_file}", "data.max_train_samples=null",
+            f"train.seed={seed}", f"train.data_seed={seed}", *extra]
 
 
 def augmented(ds: dict, train_file: Path, seed: int, work: Path) -> tuple[Path, dict]:

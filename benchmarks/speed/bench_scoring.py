@@ -26,7 +26,7 @@ import os
 import statistics
 import time
 
-from benchmarks.lib.common import REPO, command_line, environment, matmul_peak, write_results
+from benchmarks.lib.common import REPO, command_line, environment, local_data, matmul_peak, write_results
 
 RECIPES = {"sst2": "recipes/sst2/smollm2_lora_gen.yaml", "agnews": "recipes/agnews/smollm2_lora_gen.yaml"}
 ARMS = {"today": ("baseline", 32, False), "one-pass": ("new", 32, False), "one-pass+bf16": ("new", 32, True),
@@ -39,7 +39,8 @@ def prepared(recipe_path: str, texts: int):
     from peftkit.recipe import load_recipe
     from peftkit.tasks import causal
 
-    recipe = load_recipe(REPO / recipe_path, [f"data.max_eval_samples={texts}", "data.max_train_samples=16"])
+    recipe = load_recipe(REPO / recipe_path, [*local_data(recipe_path), f"data.max_eval_samples={texts}",
+                                              "data.max_train_samples=16"])
     resolve_model_source(recipe.model)
     raw = causal.read_data(recipe)
     source = local_path(recipe.model)
