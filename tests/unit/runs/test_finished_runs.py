@@ -13,7 +13,8 @@ def test_evaluation_folders_of_same_named_files_differ(tmp_path):
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    one, two = evaluation_dir(tmp_path, str(tmp_path / "a" / "test.csv")), evaluation_dir(tmp_path, str(tmp_path / "b" / "test.csv"))
+    one = evaluation_dir(tmp_path, str(tmp_path / "a" / "test.csv"))
+    two = evaluation_dir(tmp_path, str(tmp_path / "b" / "test.csv"))
     assert one != two and one.name.startswith("eval-test-") and two.name.startswith("eval-test-")
     assert evaluation_dir(tmp_path, str(tmp_path / "a" / "test.csv")) == one  # the same file: the same folder
     assert evaluation_dir(tmp_path, None) == tmp_path
@@ -31,7 +32,8 @@ def make_checkpoints(run_dir, steps, size=1000):
     (run_dir / "adapter" / "adapter_model.safetensors").write_bytes(b"y" * 500)
 
 
-@pytest.mark.parametrize("keep,left", [("last", ["checkpoint-20"]), ("none", []), ("all", ["checkpoint-10", "checkpoint-20"])])
+@pytest.mark.parametrize("keep,left", [("last", ["checkpoint-20"]), ("none", []),
+                                       ("all", ["checkpoint-10", "checkpoint-20"])])
 def test_finished_run_keeps_checkpoints_as_asked_and_says_the_size(tmp_path, keep, left):
     from peftkit.runs.folder import complete_checkpoints, finish_run_folder
 
