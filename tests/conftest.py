@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The real data sets lie beside a development clone (../shared/data); PEFTKIT_SHARED_DATA points elsewhere (a git
+# worktree, a CI cache).
+SHARED_DATA = Path(os.environ.get("PEFTKIT_SHARED_DATA") or REPO.parent / "shared" / "data")
 SST2 = SHARED_DATA / "sst2"
 
 # Tests never reach a hub; a model or dataset that is not local must fail fast, not hang.
@@ -128,6 +130,6 @@ def torch_threads(n: int):
 @pytest.fixture
 def one_torch_thread():
     """For in-process training: on this busy 2-core machine, two spinning OpenMP threads made a tiny 6-step run
-    ten times slower than one (measured 26 s -> 2.5 s). Subprocesses get OMP_NUM_THREADS=1 (tests/procs.py)."""
+    ten times slower than one (measured 26 s -> 2.5 s). Subprocesses get OMP_NUM_THREADS=1 (tests/helpers/procs.py)."""
     with torch_threads(1):
         yield

@@ -25,6 +25,7 @@ from peftkit.data.classification import (
     split_size,
     subsample,
 )
+from peftkit.data.files import required_columns
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection
 
@@ -141,30 +142,6 @@ def convert_rows(rows: list[dict], source: str, data: DataSection) -> tuple[dict
                            + "; ".join(report.examples_of_bad_rows[:2]))
     report.rows_used = split_size(columns)
     return columns, report
-
-
-def required_columns(data: DataSection) -> list[tuple[str, str]]:
-    """(column, the recipe key that names it) pairs a format needs, templates' placeholders included."""
-    import string
-
-    def placeholders(template: str | None, key: str) -> list[tuple[str, str]]:
-        if template is None:
-            return []
-        return [(name, key) for _, name, _, _ in string.Formatter().parse(template) if name]
-
-    if data.format == "text":
-        return [(data.text_column, "data.text_column")]
-    if data.format == "messages":
-        return [(data.messages_column, "data.messages_column")]
-    if data.format == "alpaca":
-        prompt = placeholders(data.prompt_template, "data.prompt_template") or [("instruction", "data.format: alpaca")]
-        completion = placeholders(data.completion_template, "data.completion_template") or [
-            ("output", "data.format: alpaca")]
-        return prompt + completion
-    prompt = placeholders(data.prompt_template, "data.prompt_template") or [(data.prompt_column, "data.prompt_column")]
-    completion = placeholders(data.completion_template, "data.completion_template") or [
-        (data.completion_column, "data.completion_column")]
-    return prompt + completion
 
 
 def check_causal_columns(rows: list[dict], data: DataSection, source: str) -> None:

@@ -159,9 +159,52 @@ def read_hub_split(data: DataSection, split: str) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(data.dataset, data.dataset_config, split=split)
     except Exception as e:  # datasets raises many types (offline, missing split, missing config)
+        if datasets.config.HF_HUB_OFFLINE:
+            raise PeftkitError(offline_hub_message(data)) from None
         raise PeftkitError(f"data.dataset {data.dataset!r} split {split!r} could not be loaded: "
                            f"{str(e).splitlines()[0]}") from None
     return ds.to_list()
+
+
+def offline_hub_message(data: DataSection) -> str:
+    """What a hub-data recipe would download, said where it cannot (offline, not in the local cache): the dataset
+    id, its config, the splits and the columns peftkit reads."""
+    config = f" (config {data.dataset_config!r})" if data.dataset_config else ""
+    splits = [data.train_split] + ([data.eval_split] if data.eval_split != data.train_split else [])
+    columns = ", ".join(dict.fromkeys(column for column, _ in required_columns(data)))
+    if data.format == "alpaca" and not data.prompt_template:
+        columns += " (and input, where a row has one)"
+    return (f"data.dataset {data.dataset!r}{config} is not in the local cache and the Hugging Face Hub is offline "
+            f"(HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set): with network, peftkit downloads "
+            f"{data.dataset}{config}, split{'s' if len(splits) > 1 else ''} {' and '.join(map(repr, splits))} "
+            f"(an eval split the dataset lacks is held out from train instead), and reads the columns {columns}; "
+            "or set data.train_file (and data.eval_file) to local copies")
+
+
+def required_columns(data: DataSection) -> list[tuple[str, str]]:
+    """(column, the recipe key that names it) pairs a format reads, templates' placeholders included."""
+    import string
+
+    def placeholders(template: str | None, key: str) -> list[tuple[str, str]]:
+        if template is None:
+            return []
+        return [(name, key) for _, name, _, _ in string.Formatter().parse(template) if name]
+
+    if data.format == "classification":
+        return [(data.text_column, "data.text_column"), (data.label_column, "data.label_column")]
+    if data.format == "text":
+        return [(data.text_column, "data.text_column")]
+    if data.format == "messages":
+        return [(data.messages_column, "data.messages_column")]
+    if data.format == "alpaca":
+        prompt = placeholders(data.prompt_template, "data.prompt_template") or [("instruction", "data.format: alpaca")]
+        completion = placeholders(data.completion_template, "data.completion_template") or [
+            ("output", "data.format: alpaca")]
+        return prompt + completion
+    prompt = placeholders(data.prompt_template, "data.prompt_template") or [(data.prompt_column, "data.prompt_column")]
+    completion = placeholders(data.completion_template, "data.completion_template") or [
+        (data.completion_column, "data.completion_column")]
+    return prompt + completion
 
 
 def check_columns(rows: list[dict], data: DataSection, source: str) -> None:

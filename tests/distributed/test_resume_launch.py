@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.procs import assert_same_run, complete_steps, marker, run_to_end, start, write_resume_recipe
+from tests.helpers.procs import assert_same_run, complete_steps, marker, run_to_end, start, write_resume_recipe
 
 pytestmark = pytest.mark.distributed
 
@@ -58,11 +58,12 @@ def test_kill_9_of_a_two_process_launch_then_resume_matches_an_uninterrupted_lau
 def test_nan_on_one_rank_is_skipped_by_every_rank(recipe, tmp_path):
     run_dir = tmp_path / "run"
     run_to_end(["train", str(recipe), "safety.on_nonfinite_loss=skip", "train.max_steps=3", "train.save_steps=1",
-                "train.save_total_limit=5", "evaluate.enabled=false", "keep_checkpoints=all"], tmp_path, "nan", launch=LAUNCH, hooked=True,
-               PEFTKIT_TEST_NAN_STEPS="2", PEFTKIT_TEST_NAN_RANK="1")
+                "train.save_total_limit=5", "evaluate.enabled=false", "keep_checkpoints=all"], tmp_path, "nan",
+               launch=LAUNCH, hooked=True, PEFTKIT_TEST_NAN_STEPS="2", PEFTKIT_TEST_NAN_RANK="1")
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["skipped_nonfinite_batches"] == 1 and summary["global_step"] == 3
-    checkpoint = [load_file(run_dir / "checkpoints" / f"checkpoint-{s}" / "adapter_model.safetensors") for s in (1, 2, 3)]
+    checkpoint = [load_file(run_dir / "checkpoints" / f"checkpoint-{s}" / "adapter_model.safetensors")
+                  for s in (1, 2, 3)]
     for name, tensor in checkpoint[2].items():
         assert torch.isfinite(tensor).all(), f"{name}: rank 0 stepped on NaN gradients"
         assert torch.equal(checkpoint[1][name], checkpoint[0][name]), f"{name}: the skipped step 2 changed it"

@@ -44,7 +44,8 @@ def test_distillation_trains_exports_and_reuses_the_teacher_cache(tiny_run, tiny
     metrics = json.loads((run / "metrics.json").read_text())
     # the merged plain model predicts what the adapter model predicted when the run evaluated it
     assert report["float32"]["accuracy"] == metrics["accuracy"]
-    assert (run / "student" / "model.safetensors").is_file() and (run / "student-int8" / "model_int8.safetensors").is_file()
+    assert (run / "student" / "model.safetensors").is_file()
+    assert (run / "student-int8" / "model_int8.safetensors").is_file()
     for name in ("float32", "int8"):
         assert report[name]["size_bytes"] > 0 and report[name]["texts_per_second"] > 0
     cache = (run / "teacher_soft_labels.safetensors").stat().st_mtime_ns

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.conftest import run_cli, torch_threads, write_recipe
-from tests.multitask_fixtures import agnews_small, gen_recipe, multitask_recipe, sst2_data
+from tests.helpers.multitask_fixtures import agnews_small, gen_recipe, multitask_recipe, sst2_data
 
 
 @pytest.mark.slow  # ~50 s of CPU: three runs, a merge and evaluations
@@ -41,7 +41,8 @@ def test_multitask_train_transfer_merge_evaluate(tmp_path, tiny_llama_dir, sst2_
         assert (tmp_path / "merged" / "tasks" / "tr" / "metrics.json").is_file()
         capsys.readouterr()
         # push takes a multitask folder (no label_map.json: each task's labels are in recipe.yaml)
-        assert main(["push", str(tmp_path / "mt"), "--repo-id", "me/mt", "--dry-run", "--base-model-id", "me/tiny"]) == 0
+        assert main(["push", str(tmp_path / "mt"), "--repo-id", "me/mt", "--dry-run",
+                     "--base-model-id", "me/tiny"]) == 0
         card = (tmp_path / "mt" / "push_staging" / "README.md").read_text()
         assert "| sst2 |" in card and "| agnews |" in card
         capsys.readouterr()

@@ -1,6 +1,6 @@
 """Never lose a run: real `peftkit train` processes killed, signalled and resumed, compared with an uninterrupted run.
 
-Recipe (tests/procs.resume_recipe): the tiny random Llama, 12 optimizer steps of 4 rows drawn from a seeded
+Recipe (tests/helpers/procs.resume_recipe): the tiny random Llama, 12 optimizer steps of 4 rows drawn from a seeded
 40-row subset (10 steps per epoch, so resumed runs cross an epoch boundary), a checkpoint every 4 steps,
 lora_dropout 0.1 (so the dropout RNG must be restored too), one log entry per step.
 
@@ -13,9 +13,9 @@ below; on this data they differ by 2e-4 or more, float noise would be ~1e-7). Me
 every loss, grad norm and adapter tensor. The one exception is train_summary.json's whole-run train_loss, which a
 resumed run sums in another order: equal within rel 1e-12 (before the fix it was off by 1.1e-3).
 If a platform ever needs a tolerance (another BLAS that picks kernels by thread timing), it belongs in
-tests/procs.assert_same_run, not here.
+tests/helpers/procs.assert_same_run, not here.
 
-Every process runs with planted secrets in its environment (tests/procs.PLANTED); the last test scans what the
+Every process runs with planted secrets in its environment (tests/helpers/procs.PLANTED); the last test scans what the
 reference run and a `peftkit evaluate` wrote.
 """
 
@@ -30,7 +30,7 @@ import pytest
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from tests.procs import (
+from tests.helpers.procs import (
     PLANTED,
     REPO,
     assert_same_run,
@@ -85,7 +85,8 @@ def test_kill_9_after_a_checkpoint_then_kill_9_during_a_save_then_resume(referen
     assert done and done[-1] < 12, f"kill came too late: {done}"
     assert not (run_dir / "adapter").exists()
 
-    # (without --resume these checkpoints are an error, not a silent restart: tests/unit/test_hostile_inputs.py)
+    # (without --resume these checkpoints are an error, not a silent restart:
+    # tests/unit/test_bad_input_changes_nothing.py)
 
     # 2. resume, and SIGKILL it in the middle of writing its first checkpoint (half a safetensors file on disk)
     hang = tmp_path / "save-started"
@@ -148,13 +149,14 @@ def test_disk_full_while_saving_gives_a_clear_error_and_leaves_nothing_half_writ
 
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "peftkit", "train", str(recipe), "train.max_steps=1",
-                             "train.save_steps=1", "train.report_to=[]"], cwd=REPO, env=child_env(), capture_output=True,
-                            text=True, timeout=300, preexec_fn=limit_file_size)
+                             "train.save_steps=1", "train.report_to=[]"], cwd=REPO, env=child_env(),
+                            capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size)
     assert result.returncode == 2, result.stderr[-3000:]
     err = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr
     assert err[-1].startswith(f"peftkit: error: could not write into {run_dir}: File too large"), err[-1]
-    leftovers = [p.relative_to(run_dir) for p in run_dir.rglob("*") if ".tmp" in p.name or p.name.startswith(".adapter")]
+    leftovers = [p.relative_to(run_dir) for p in run_dir.rglob("*")
+                 if ".tmp" in p.name or p.name.startswith(".adapter")]
     assert not leftovers, leftovers
     assert not (run_dir / "adapter").exists() and not (run_dir / "metrics.json").exists()
     assert complete_steps(run_dir) == [], "a checkpoint that failed to save must not be marked complete"

@@ -1,6 +1,7 @@
 """Every command in README.md is run by a test: here, or by the test named for it.
 
-The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real data (SST-2 rows written as
+The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real data
+(SST-2 rows written as
 the user's `my_reviews.csv` / `new_reviews.csv`), shortened by one override (`train.max_steps=2`). One more
 substitution: `packaged:smollm2-135m-instruct` becomes a tiny random Llama with SmolLM2's tokenizer (tests never
 train the real 135M model by default). Commands that cannot run here (installing, the test suite itself, GPU
@@ -17,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import REPO, SST2
-from tests.sft_fixtures import tiny_causal_dir  # noqa: F401
+from tests.helpers.sft_fixtures import tiny_causal_dir  # noqa: F401
 
 README = REPO / "README.md"
 SHORTEN = ["train.max_steps=2"]
@@ -32,17 +33,18 @@ COVERED = {
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
-    "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),  # from the repo root
-    "python benchmarks/bench_classification.py": ("tests/unit/test_bench_helpers.py", "bench"),
+    # from the repo root
+    "peftkit validate recipes/": ("tests/unit/recipe/test_shipped_recipes.py", "check_recipe_inputs(recipe)"),
+    "python -m benchmarks.speed.bench_classification": ("tests/unit/benchmarks/test_bench_helpers.py", "bench"),
     # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
     "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
     "PEFTKIT_API_KEY=": ("tests/e2e/test_serve.py", "PEFTKIT_API_KEY"),
     "curl -s localhost:8000/v1/classify": ("tests/e2e/test_serve.py", "/v1/classify"),
     "pip install 'peftkit[serve]'": ("pyproject.toml", "serve = ["),
     "pip install 'peftkit[search]'": ("pyproject.toml", "search = ["),
-    # a sweep runs many trainings: tests/unit/test_sweep.py runs real sweeps (two workers on one storage, resume)
-    "peftkit sweep": ("tests/unit/test_sweep.py", '"peftkit", "sweep"'),
-    "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/test_sweep.py",
+    # a sweep runs many trainings: tests/unit/sweep/test_sweep.py runs real sweeps (two workers on one storage, resume)
+    "peftkit sweep": ("tests/unit/sweep/test_sweep.py", '"peftkit", "sweep"'),
+    "peftkit train runs/sst2-minilm-sweep/best_recipe.yaml": ("tests/unit/sweep/test_sweep.py",
                                                               'load_recipe(out / "best_recipe.yaml")'),
     # a budgeted search: tests/e2e/test_auto_cli.py runs `peftkit auto --budget 60s`, killed and resumed
     "peftkit auto": ("tests/e2e/test_auto_cli.py", '"peftkit", "auto"'),
@@ -58,7 +60,8 @@ COVERED = {
     "peftkit train recipes/sst2/smollm2_lora_gen.yaml adapter.init_from=": ("tests/e2e/test_multitask_cli.py",
                                                                            '["adapter"]["init_from"]'),
     "peftkit merge-adapters": ("tests/e2e/test_multitask_cli.py", '"merge-adapters"'),
-    "python benchmarks/bench_multitask.py": ("benchmarks/README.md", "python benchmarks/bench_multitask.py"),
+    "python -m benchmarks.quality.bench_multitask": ("benchmarks/README.md",
+                                                     "python -m benchmarks.quality.bench_multitask"),
 }
 
 

@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from tests.conftest import REPO, SST2, tiny_recipe, torch_threads, write_recipe  # noqa: E402
-from tests.sft_fixtures import sft_data_files, tiny_causal_dir  # noqa: E402,F401
+from tests.helpers.sft_fixtures import sft_data_files, tiny_causal_dir  # noqa: E402,F401
 
 TEXTS = ["a gripping, beautifully acted film", "dull , lifeless and far too long", "it is a movie",
          "the best thing i have seen all year , truly", "bad"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.sft_fixtures import SHARED_DATA, generation_template_file, run_cli, sft_data_files, tiny_causal_dir  # noqa: F401
+from tests.helpers.sft_fixtures import SHARED_DATA, generation_template_file, run_cli, sft_data_files, tiny_causal_dir  # noqa: F401
 
 TRAIN = {"max_steps": 2, "per_device_train_batch_size": 4, "logging_steps": 1, "report_to": [],
          "save_strategy": "no", "disable_tqdm": True}
@@ -177,7 +177,7 @@ def test_truncation_that_drops_most_examples_stops_before_the_model_loads(tmp_pa
 
 def test_validate_audits_a_causal_recipe_with_the_tokenizer_only(monkeypatch, capsys):
     from peftkit.cli import main
-    from tests.sft_fixtures import REPO
+    from tests.helpers.sft_fixtures import REPO
 
     monkeypatch.chdir(REPO)
     assert main(["validate", "recipes/sst2/smollm2_lora_gen.yaml", "data.max_train_samples=50"]) == 0
@@ -189,7 +189,7 @@ def test_validate_audits_a_causal_recipe_with_the_tokenizer_only(monkeypatch, ca
 @pytest.mark.slow
 def test_real_smollm2_learns_sst2_as_a_next_word(tmp_path):
     """SmolLM2-135M, 160 SST-2 sentences (7 steps), scored on 100 dev sentences: measured 0.77 accuracy."""
-    from tests.sft_fixtures import REPO
+    from tests.helpers.sft_fixtures import REPO
 
     result = run_cli("train", "recipes/sst2/smollm2_lora_gen.yaml", f"output_dir={tmp_path / 'run'}",
                      "data.max_train_samples=160", "data.max_eval_samples=100", "train.disable_tqdm=true",

@@ -1,0 +1,1 @@
+"""`peftkit serve` against the server a user would write."""

@@ -1,0 +1,1 @@
+"""How fast training and scoring are: peftkit against the plain setups, each speed lever, scaling, profiles."""
