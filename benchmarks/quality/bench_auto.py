@@ -9,8 +9,8 @@ Each arm runs as its own process (`python -m peftkit ...`, OMP_NUM_THREADS=1), i
 measured from outside; results go to OUT/results.json as soon as an arm finishes, so a killed benchmark resumes
 arm by arm (an arm with a result is skipped). The table is printed and written to OUT/results.md.
 
-    python benchmarks/bench_auto.py --out bench-auto --sets clinc150 agnews sst2 --arms b c
-    python benchmarks/bench_auto.py --out bench-auto --arms a --baseline-src /path/to/peftkit-bd98241
+    python -m benchmarks.quality.bench_auto --out bench-auto --sets clinc150 agnews sst2 --arms b c
+    python -m benchmarks.quality.bench_auto --out bench-auto --arms a --baseline-src /path/to/peftkit-bd98241
 
 Nothing here chooses anything on the test files: each arm reads its eval file once, at its end.
 """
@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from benchmarks.lib.common import REPO
+from benchmarks.lib.common import SHARED_DATA as SHARED
+
 SETS = {
     "sst2": ("sst2/train.tsv", "sst2/dev.tsv"),
     "agnews": ("agnews/train_subset10k.tsv", "agnews/test.tsv"),
@@ -33,7 +35,6 @@ SETS = {
 }
 PUBLISHED = {"sst2": "0.935 (BERT-base, 67k rows)", "agnews": "0.941 (BERT-base, 120k rows)",
              "clinc150": "~0.96 (BERT-base, Larson et al. 2019)"}
-REPO = Path(__file__).resolve().parents[1]
 
 
 def run_measured(cmd: list[str], cwd: Path, src: Path, log: Path) -> tuple[int, float, float]:
