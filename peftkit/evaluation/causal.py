@@ -22,6 +22,7 @@ from peftkit.evaluation.label_scoring import (  # noqa: F401
     shared_prompt_logprobs,
 )
 from peftkit.evaluation.metrics import classification_metrics
+from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
 
 
 def label_scoring(recipe) -> LabelScoring:
@@ -33,8 +34,10 @@ def label_scoring(recipe) -> LabelScoring:
 
 
 def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
-                        split: str = "eval", scoring: LabelScoring = LabelScoring()) -> dict[str, Any]:
-    """Label-scoring predictions on a split -> the same metrics as the classification-head path."""
+                        split: str = "eval", scoring: LabelScoring | None = None) -> dict[str, Any]:
+    """Label-scoring predictions on a split -> the same metrics as the classification-head path, with the per-row
+    predictions (a softmax over the label scores) for eval_predictions.jsonl."""
+    scoring = scoring or LabelScoring()
     was_training = model.training
     model.eval()
     started = time.time()
@@ -44,6 +47,9 @@ def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool,
     model.train(was_training)
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
     metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
+    if scores:
+        texts = causal.texts.get(split) or [str(p) for p in causal.splits[split]["prompt"]]
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, causal.splits[split]["label"], scores, causal.label_names)
     metrics["method"] = "label scoring: " + scoring.describe()
     metrics["label_score"] = scoring.method
     metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))

@@ -27,6 +27,7 @@ from peftkit.evaluation.metrics import format_metrics, write_metrics
 from peftkit.model.base import load_causal_lm, load_trained_causal_lm
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.report.single import write_run_report
 from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.layout import CHECKPOINT_DIR, LABEL_MAP_FILE
 from peftkit.runs.read import label_names_of
@@ -139,6 +140,7 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
     Returns the readable report."""
     if "confusion_matrix" in metrics:
         write_metrics(out_dir, metrics)
+        write_run_report(out_dir)
         return format_metrics(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -241,7 +243,8 @@ def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
 
 def usage(run, *, merged: bool, repo_id: str, base_id: str, label_words: dict[str, str] | None = None) -> str:
     load = (f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n' if merged else
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")  # downloads {base_id}, applies the adapter\n')
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
+            f'  # downloads {base_id}, applies the adapter\n')
     imports = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n" if merged else
                "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n")
     data = run.section("data")

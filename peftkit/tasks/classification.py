@@ -22,9 +22,11 @@ from peftkit.data.classification import (
     tokenize_split,
 )
 from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
+from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
 from peftkit.model.base import load_classifier, load_trained_classifier
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.report.single import write_run_report
 from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
@@ -59,7 +61,8 @@ def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskDat
     return TaskData(label_names=data.label_names, report=data.report_dict(),
                     train_examples=split_size(data.splits["train"]), eval_examples=split_size(data.splits["eval"]),
                     prepared={"train": train, "eval": eval_, "source": data.reports["eval"].source,
-                              VALIDATION: validation, "train_labels": data.splits["train"]["label"]})
+                              VALIDATION: validation, "train_labels": data.splits["train"]["label"],
+                              "eval_texts": list(data.splits["eval"]["text"])})
 
 
 def training_arguments(recipe: Recipe, run_dir: Path):
@@ -109,25 +112,36 @@ def training_facts(trainer) -> dict[str, Any]:
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:
-    metrics = predict_metrics(trainer, data.prepared["eval"], data.label_names)
+    metrics = predict_metrics(trainer, data.prepared["eval"], data.label_names, data.prepared.get("eval_texts"))
     metrics["data_file"] = data.prepared["source"]
     return metrics
 
 
-def predict_metrics(trainer, eval_ds, label_names: list[str]) -> dict[str, Any]:
+def predict_metrics(trainer, eval_ds, label_names: list[str], texts: list[str] | None = None) -> dict[str, Any]:
     """Predict on the whole eval set; under several processes the Trainer gathers every rank's share once.
 
-    Examples are sorted by length first so each batch pads little; labels travel with them.
+    Examples are sorted by length first so each batch pads little; labels travel with them. With the texts, the
+    metrics carry the per-row predictions (top-3 probabilities, in eval-file order) for eval_predictions.jsonl.
     """
+    import numpy as np
+
     lengths = [len(ids) for ids in eval_ds["input_ids"]]
-    by_length = eval_ds.select(sorted(range(len(eval_ds)), key=lengths.__getitem__))
-    output = trainer.predict(by_length, metric_key_prefix="eval")
-    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return classification_metrics(output.label_ids.tolist(), predictions.argmax(-1).tolist(), label_names)
+    order = sorted(range(len(eval_ds)), key=lengths.__getitem__)
+    output = trainer.predict(eval_ds.select(order), metric_key_prefix="eval")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    metrics = classification_metrics(output.label_ids.tolist(), logits.argmax(-1).tolist(), label_names)
+    if texts is not None and len(texts) == len(order) == len(logits):
+        in_file_order = np.empty_like(logits)
+        in_file_order[order] = logits
+        labels = np.empty_like(output.label_ids)
+        labels[order] = output.label_ids
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels.tolist(), in_file_order, label_names)
+    return metrics
 
 
 def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
     write_metrics(out_dir, metrics)
+    write_run_report(out_dir)
     return format_metrics(metrics)
 
 
@@ -146,7 +160,7 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
                                  report_to=[], disable_tqdm=not stderr_is_terminal())
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer)
-        metrics = predict_metrics(trainer, eval_ds, labels)
+        metrics = predict_metrics(trainer, eval_ds, labels, data.splits["eval"]["text"])
     metrics["data_file"] = data.reports["eval"].source
     out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():
