@@ -160,3 +160,14 @@ def test_report_of_a_folder_without_metrics_is_one_clear_error(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"eval_loss": 1.0}))
     with pytest.raises(PeftkitError, match="not a classification run"):
         single.write_run_report(tmp_path)
+
+
+def test_the_model_card_lists_the_top_confusions_not_a_150_column_table():
+    from types import SimpleNamespace
+
+    from peftkit.tasks.cards import classification_evaluation
+
+    metrics = synthetic_metrics(150, extra=9)
+    text = classification_evaluation(SimpleNamespace(metrics=metrics, labels=metrics["labels"]))
+    assert "true \\ predicted" not in text and max(map(len, text.splitlines())) < 200
+    assert "| class_007 | class_080 | 9 |" in text
