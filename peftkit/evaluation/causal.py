@@ -14,6 +14,7 @@ from typing import Any
 from peftkit.core.progress import map_in_chunks
 from peftkit.data.causal import CausalData, classification_prompt, pair
 from peftkit.data.causal_encode import Encoded, Encoder
+from peftkit.evaluation.calibration import temperature_report
 from peftkit.evaluation.label_scoring import (  # noqa: F401
     CONTENT_FREE_TEXT,
     LabelScoring,
@@ -34,27 +35,42 @@ def label_scoring(recipe) -> LabelScoring:
 
 
 def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
-                        split: str = "eval", scoring: LabelScoring | None = None) -> dict[str, Any]:
+                        split: str = "eval", scoring: LabelScoring | None = None,
+                        calibrate_on: str | None = None) -> dict[str, Any]:
     """Label-scoring predictions on a split -> the same metrics as the classification-head path, with the per-row
-    predictions (a softmax over the label scores) for eval_predictions.jsonl."""
+    predictions (a softmax over the label scores) for eval_predictions.jsonl. With `calibrate_on` (a split name),
+    that split is scored too and a temperature fitted on it (metrics' ``calibration``)."""
     scoring = scoring or LabelScoring()
-    was_training = model.training
-    model.eval()
     started = time.time()
-    scores = map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat, batch_size,
-                                                        scoring),
-                           causal.splits[split]["prompt"], 4 * batch_size, "label scoring", key=lambda p: len(str(p)))
-    model.train(was_training)
+    scores = split_scores(model, encoder, causal, chat, batch_size, split, scoring)
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
-    metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
+    labels = causal.splits[split]["label"]
+    metrics = classification_metrics(labels, predictions, causal.label_names)
     if scores:
         texts = causal.texts.get(split) or [str(p) for p in causal.splits[split]["prompt"]]
-        metrics[PREDICTIONS_KEY] = prediction_records(texts, causal.splits[split]["label"], scores, causal.label_names)
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels, scores, causal.label_names)
+    if scores and calibrate_on and causal.splits.get(calibrate_on, {}).get("label"):
+        fitted = split_scores(model, encoder, causal, chat, batch_size, calibrate_on, scoring)
+        metrics["calibration"] = temperature_report(fitted, causal.splits[calibrate_on]["label"], scores, labels)
     metrics["method"] = "label scoring: " + scoring.describe()
     metrics["label_score"] = scoring.method
     metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))
     metrics["eval_seconds"] = round(time.time() - started, 1)
     return metrics
+
+
+def split_scores(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int, split: str,
+                 scoring: LabelScoring) -> list[list[float]]:
+    """Every label's score after every prompt of a split (rows in the split's order)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat,
+                                                          batch_size, scoring),
+                             causal.splits[split]["prompt"], 4 * batch_size, f"label scoring ({split})",
+                             key=lambda p: len(str(p)))
+    finally:
+        model.train(was_training)
 
 
 def evaluate_lm_loss(model, encoder: Encoder, causal: CausalData, max_length: int, batch_size: int,

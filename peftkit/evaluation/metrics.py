@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.atomic import write_json_atomic, write_text_atomic
+from peftkit.evaluation.calibration import CALIBRATION_FILE
 from peftkit.evaluation.confusion import FULL_MATRIX_MAX, plot_confusion_matrix, top_confusions
 from peftkit.evaluation.predictions import PREDICTIONS_KEY, reliability, write_predictions
 
@@ -133,8 +134,10 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> None:
     records = metrics.pop(PREDICTIONS_KEY, None)
     if records is not None:
         write_predictions(out_dir, records)
-        metrics["calibration"] = {"ece": reliability(records)["ece"], "bins": 10,
-                                  "confidence": "top softmax probability"}
+        # the ECE of the probabilities the predictions file holds (the report's reliability diagram)
+        metrics.setdefault("calibration", {})["ece"] = reliability(records)["ece"]
+    if "temperature" in metrics.get("calibration", {}):  # saved with the run for the inference paths
+        write_json_atomic(out_dir / CALIBRATION_FILE, metrics["calibration"])
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     write_text_atomic(out_dir / REPORT_FILE, format_metrics(metrics, every_class=True) + "\n")
     plot_confusion_matrix(metrics, out_dir / CONFUSION_PNG)

@@ -118,6 +118,10 @@ def headline_section(metrics: dict[str, Any], records: list[dict] | None) -> str
              ("classes", str(len(metrics["labels"])))]
     if records:
         items.append(("calibration error (ECE)", f"{reliability(records)['ece']:.4f}"))
+    calibration = metrics.get("calibration") or {}
+    if "eval_ece_after" in calibration:
+        items.append((f"ECE after temperature {calibration['temperature']:.2f}",
+                      f"{calibration['eval_ece_after']:.4f}"))
     body = [cards(items)]
     if metrics.get("never_predicted"):
         body.append(note(f"never predicted: {', '.join(metrics['never_predicted'])}"))

@@ -153,7 +153,8 @@ def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData) -> dict[
     """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
     if recipe.task == "generative_classification":
         metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
-                                      scoring=label_scoring(recipe))
+                                      scoring=label_scoring(recipe),
+                                      calibrate_on=VALIDATION if VALIDATION in causal.splits else None)
     else:
         metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
     metrics["split"] = "eval"

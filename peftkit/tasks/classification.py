@@ -21,6 +21,7 @@ from peftkit.data.classification import (
     split_size,
     tokenize_split,
 )
+from peftkit.evaluation.calibration import CALIBRATION_FILE, recheck, temperature_report
 from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
 from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
 from peftkit.model.base import load_classifier, load_trained_classifier
@@ -112,30 +113,37 @@ def training_facts(trainer) -> dict[str, Any]:
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:
-    metrics = predict_metrics(trainer, data.prepared["eval"], data.label_names, data.prepared.get("eval_texts"))
+    """Metrics on the eval split; with a validation split, a temperature fitted on it and the eval split's
+    calibration error before and after (metrics.json's ``calibration``)."""
+    logits, labels = predict_logits(trainer, data.prepared["eval"])
+    metrics = metrics_from_logits(logits, labels, data.label_names, data.prepared.get("eval_texts"))
+    validation = data.prepared.get(VALIDATION)
+    if validation is not None and len(validation):
+        validation_logits, validation_labels = predict_logits(trainer, validation)
+        metrics["calibration"] = temperature_report(validation_logits, validation_labels, logits, labels)
     metrics["data_file"] = data.prepared["source"]
     return metrics
 
 
-def predict_metrics(trainer, eval_ds, label_names: list[str], texts: list[str] | None = None) -> dict[str, Any]:
-    """Predict on the whole eval set; under several processes the Trainer gathers every rank's share once.
-
-    Examples are sorted by length first so each batch pads little; labels travel with them. With the texts, the
-    metrics carry the per-row predictions (top-3 probabilities, in eval-file order) for eval_predictions.jsonl.
-    """
+def predict_logits(trainer, dataset):
+    """(logits, labels) of every row in the dataset's order; under several processes the Trainer gathers every
+    rank's share once. Rows are predicted sorted by length so each batch pads little, then put back in order."""
     import numpy as np
 
-    lengths = [len(ids) for ids in eval_ds["input_ids"]]
-    order = sorted(range(len(eval_ds)), key=lengths.__getitem__)
-    output = trainer.predict(eval_ds.select(order), metric_key_prefix="eval")
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
+    output = trainer.predict(dataset.select(order), metric_key_prefix="eval")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    metrics = classification_metrics(output.label_ids.tolist(), logits.argmax(-1).tolist(), label_names)
-    if texts is not None and len(texts) == len(order) == len(logits):
-        in_file_order = np.empty_like(logits)
-        in_file_order[order] = logits
-        labels = np.empty_like(output.label_ids)
-        labels[order] = output.label_ids
-        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels.tolist(), in_file_order, label_names)
+    in_order, labels = np.empty_like(logits), np.empty_like(output.label_ids)
+    in_order[order], labels[order] = logits, output.label_ids
+    return in_order, labels
+
+
+def metrics_from_logits(logits, labels, label_names: list[str], texts: list[str] | None) -> dict[str, Any]:
+    """The metrics; with the texts, the per-row predictions (top-3 probabilities) for eval_predictions.jsonl."""
+    metrics = classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), label_names)
+    if texts is not None and len(texts) == len(logits):
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels.tolist(), logits, label_names)
     return metrics
 
 
@@ -160,13 +168,26 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
                                  report_to=[], disable_tqdm=not stderr_is_terminal())
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer)
-        metrics = predict_metrics(trainer, eval_ds, labels, data.splits["eval"]["text"])
+        logits, gold = predict_logits(trainer, eval_ds)
+    metrics = metrics_from_logits(logits, gold, labels, data.splits["eval"]["text"])
     metrics["data_file"] = data.reports["eval"].source
+    saved = read_json_if_any(run_dir / CALIBRATION_FILE)
+    if saved and "temperature" in saved:  # the temperature fitted at training time, measured on this data
+        metrics["calibration"] = recheck(saved, logits, gold, metrics["data_file"])
     out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():
         print(save_metrics(out_dir, metrics), flush=True)
         print(f"written to {out_dir}", flush=True)
     return metrics
+
+
+def read_json_if_any(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:

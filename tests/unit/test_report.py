@@ -171,3 +171,20 @@ def test_the_model_card_lists_the_top_confusions_not_a_150_column_table():
     text = classification_evaluation(SimpleNamespace(metrics=metrics, labels=metrics["labels"]))
     assert "true \\ predicted" not in text and max(map(len, text.splitlines())) < 200
     assert "| class_007 | class_080 | 9 |" in text
+
+
+def test_temperature_scaling_recovers_the_overconfidence_it_is_shown():
+    import numpy as np
+
+    from peftkit.evaluation.calibration import expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0.0, 2.0, size=(4000, 5))
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in probs])  # labels drawn from calibrated probabilities
+    overconfident = 3.0 * true_logits
+    temperature = fit_temperature(overconfident[:2000], labels[:2000])
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(overconfident[2000:], labels[2000:])
+    after = expected_calibration_error(overconfident[2000:], labels[2000:], temperature)
+    assert after < before / 3
