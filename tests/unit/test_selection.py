@@ -228,7 +228,8 @@ def test_early_stopping_keeps_and_reports_the_best_checkpoint(tmp_path, tiny_lla
     best, last = (_adapter_tensors(run_dir / "checkpoints" / f"checkpoint-{s}") for s in (2, 4))
     assert saved.keys() == best.keys()
     assert all((saved[k] == best[k]).all() for k in saved)
-    assert any((best[k] != last[k]).any() for k in best), "the two checkpoints must differ for this test to mean anything"
+    assert any((best[k] != last[k]).any() for k in best), \
+        "the two checkpoints must differ for this test to mean anything"
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk["selection"]["best_checkpoint"] == "checkpoint-2"
     out = capsys.readouterr().out
