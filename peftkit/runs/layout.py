@@ -20,6 +20,6 @@ LOCK_FILE = ".peftkit-lock"
 
 RUN_ARTIFACTS = (RECIPE_FILE, LABEL_MAP_FILE, ADAPTER_DIR, CHECKPOINT_DIR, LOG_DIR, SUMMARY_FILE, DATA_REPORT_FILE,
                  "metrics.json", "eval_report.txt", "confusion_matrix.png", "merged", "merge_report.json",
-                 TRAINING_LOG_FILE, RUN_REPORT_FILE, "eval_predictions.jsonl",
+                 TRAINING_LOG_FILE, RUN_REPORT_FILE, "eval_predictions.jsonl", "calibration.json",
                  # task distillation: the teacher's cached soft labels and the exported students
                  "teacher_soft_labels.safetensors", "student", "student-int8", "export_report.json")

@@ -1,11 +1,11 @@
 """Every command in README.md is run by a test: here, or by the test named for it.
 
-The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real data (SST-2 rows written as
-the user's `my_reviews.csv` / `new_reviews.csv`), shortened by one override (`train.max_steps=2`). One more
-substitution: `packaged:smollm2-135m-instruct` becomes a tiny random Llama with SmolLM2's tokenizer (tests never
-train the real 135M model by default). Commands that cannot run here (installing, the test suite itself, GPU
-launches, hour-long benchmarks) are listed in COVERED with the file that runs them (or its CPU equivalent) and a
-string that file must contain; a README command matching neither list fails the test.
+The walkthrough commands run for real, in order, through the CLI entry point in a temporary folder, on small real
+data (SST-2 rows written as the user's `my_reviews.csv` / `new_reviews.csv`), shortened by one override
+(`train.max_steps=2`). One more substitution: `packaged:smollm2-135m-instruct` becomes a tiny random Llama with
+SmolLM2's tokenizer (tests never train the real 135M model by default). Commands that cannot run here (installing,
+the test suite itself, GPU launches, hour-long benchmarks) are listed in COVERED with the file that runs them (or
+its CPU equivalent) and a string that file must contain; a README command matching neither list fails the test.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ COVERED = {
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
                                                                                  '"deepspeed_zero3.yaml"'),
-    "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),  # from the repo root
+    # from the repo root
+    "peftkit validate recipes/": ("tests/unit/test_recipes_dir.py", "check_recipe_inputs(recipe)"),
     "python benchmarks/bench_classification.py": ("tests/unit/test_bench_helpers.py", "bench"),
     # a server runs until stopped: tests/e2e/test_serve.py starts it as a subprocess and talks to it over HTTP
     "peftkit serve": ("tests/e2e/test_serve.py", '"serve"'),
@@ -142,10 +143,11 @@ def test_readme_walkthrough_runs(tmp_path, tiny_causal_dir, monkeypatch, capsys,
             labels = [line.split()[0] for line in out.strip().splitlines()]
             assert sorted(labels) == ["negative", "positive"]
     assert [name for name, _ in ran] == ["init", "validate", "train", "evaluate", "merge", "push", "train", "train",
-                                         "init", "train", "generate"]  # serve: tests/e2e/test_serve.py
+                                         "init", "train", "generate", "report"]  # serve: tests/e2e/test_serve.py
     run = tmp_path / "runs" / "my_reviews-minilm"
     assert (run / "metrics.json").is_file() and (run / "merged").is_dir()
     assert len(list(run.glob("eval-new_reviews-*/metrics.json"))) == 1
     assert (tmp_path / "runs" / "my_reviews-lr5e-4" / "adapter").is_dir()
     assert (tmp_path / "runs" / "my_reviews-smollm2" / "metrics.json").is_file()
     assert "ends the run" in ran[7][1]  # --resume of the finished run
+    assert (run / "report.html").is_file() and 'id="per-class-f1"' in (tmp_path / "compare.html").read_text()
