@@ -64,8 +64,8 @@ def temperature_report(validation_logits, validation_labels, eval_logits, eval_l
         "eval_ece_after": expected_calibration_error(eval_logits, eval_labels, temperature),
         "eval_nll_before": negative_log_likelihood(eval_logits, eval_labels, 1.0),
         "eval_nll_after": negative_log_likelihood(eval_logits, eval_labels, temperature),
-        "applied_to": "these figures only: eval_predictions.jsonl, generate and serve give uncalibrated "
-                      "probabilities",
+        "applied_to": "generate and serve (their probabilities are softmax(scores / temperature)); "
+                      "eval_predictions.jsonl and the report's reliability diagram hold the uncalibrated ones",
     }
 
 
@@ -77,3 +77,16 @@ def recheck(saved: dict[str, Any], logits, labels, data: str) -> dict[str, Any]:
                     "eval_nll_before": negative_log_likelihood(logits, labels, 1.0),
                     "eval_nll_after": negative_log_likelihood(logits, labels, temperature),
                     "rechecked_on": data}
+
+
+def saved_temperature(run_dir) -> float:
+    """The temperature a run fitted on its validation split (calibration.json), 1.0 when it has none: the
+    probabilities `generate` and `serve` return are divided by it before the softmax."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads((Path(run_dir) / CALIBRATION_FILE).read_text(encoding="utf-8")).get("temperature")
+    except (OSError, ValueError, AttributeError):
+        return 1.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 1.0

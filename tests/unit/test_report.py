@@ -188,3 +188,14 @@ def test_temperature_scaling_recovers_the_overconfidence_it_is_shown():
     before = expected_calibration_error(overconfident[2000:], labels[2000:])
     after = expected_calibration_error(overconfident[2000:], labels[2000:], temperature)
     assert after < before / 3
+
+
+def test_the_saved_temperature_is_read_back_and_bad_files_mean_none(tmp_path):
+    from peftkit.evaluation.calibration import CALIBRATION_FILE, saved_temperature
+
+    assert saved_temperature(tmp_path) == 1.0
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps({"temperature": 1.7}))
+    assert saved_temperature(tmp_path) == 1.7
+    for bad in ("not json", json.dumps({"temperature": -1}), json.dumps([1.7]), json.dumps({"temperature": True})):
+        (tmp_path / CALIBRATION_FILE).write_text(bad)
+        assert saved_temperature(tmp_path) == 1.0
