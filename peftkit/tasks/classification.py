@@ -6,6 +6,7 @@ argmax on the eval split, gathered over every process.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -132,11 +133,27 @@ def predict_logits(trainer, dataset):
 
     lengths = [len(ids) for ids in dataset["input_ids"]]
     order = sorted(range(len(dataset)), key=lengths.__getitem__)
-    output = trainer.predict(dataset.select(order), metric_key_prefix="eval")
+    with in_dataset_order(trainer):
+        output = trainer.predict(dataset.select(order), metric_key_prefix="eval")
     logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
     in_order, labels = np.empty_like(logits), np.empty_like(output.label_ids)
     in_order[order], labels[order] = logits, output.label_ids
     return in_order, labels
+
+
+@contextlib.contextmanager
+def in_dataset_order(trainer):
+    """Predictions in the order of the dataset given. With train_sampling_strategy group_by_length (a speed
+    default) the Trainer also length-groups evaluation batches in a seeded random order: labels travel with the
+    rows, so metrics are right, but the rows no longer line up with their texts. One process reads sequentially;
+    several take the Trainer's default (each rank a contiguous shard, gathered back in order)."""
+    from torch.utils.data import SequentialSampler
+
+    trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
+    try:
+        yield
+    finally:
+        del trainer._get_eval_sampler  # the class's own again
 
 
 def metrics_from_logits(logits, labels, label_names: list[str], texts: list[str] | None) -> dict[str, Any]:
