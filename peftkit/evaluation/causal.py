@@ -14,7 +14,7 @@ from typing import Any
 from peftkit.core.progress import map_in_chunks
 from peftkit.data.causal import CausalData, classification_prompt, pair
 from peftkit.data.causal_encode import Encoded, Encoder
-from peftkit.evaluation.calibration import temperature_report
+from peftkit.evaluation.calibration import recheck, temperature_report
 from peftkit.evaluation.label_scoring import (  # noqa: F401
     CONTENT_FREE_TEXT,
     LabelScoring,
@@ -36,10 +36,11 @@ def label_scoring(recipe) -> LabelScoring:
 
 def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
                         split: str = "eval", scoring: LabelScoring | None = None,
-                        calibrate_on: str | None = None) -> dict[str, Any]:
+                        calibrate_on: str | None = None, saved_calibration: dict | None = None) -> dict[str, Any]:
     """Label-scoring predictions on a split -> the same metrics as the classification-head path, with the per-row
     predictions (a softmax over the label scores) for eval_predictions.jsonl. With `calibrate_on` (a split name),
-    that split is scored too and a temperature fitted on it (metrics' ``calibration``)."""
+    that split is scored too and a temperature fitted on it (metrics' ``calibration``); with `saved_calibration`
+    (a run's calibration.json) its temperature is measured again on this split."""
     scoring = scoring or LabelScoring()
     started = time.time()
     scores = split_scores(model, encoder, causal, chat, batch_size, split, scoring)
@@ -52,6 +53,8 @@ def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool,
     if scores and calibrate_on and causal.splits.get(calibrate_on, {}).get("label"):
         fitted = split_scores(model, encoder, causal, chat, batch_size, calibrate_on, scoring)
         metrics["calibration"] = temperature_report(fitted, causal.splits[calibrate_on]["label"], scores, labels)
+    elif scores and saved_calibration and "temperature" in saved_calibration:
+        metrics["calibration"] = recheck(saved_calibration, scores, labels, causal.reports[split].source)
     metrics["method"] = "label scoring: " + scoring.describe()
     metrics["label_score"] = scoring.method
     metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))

@@ -189,7 +189,7 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
     metrics = metrics_from_logits(logits, gold, labels, data.splits["eval"]["text"])
     metrics["data_file"] = data.reports["eval"].source
     saved = read_json_if_any(run_dir / CALIBRATION_FILE)
-    if saved and "temperature" in saved:  # the temperature fitted at training time, measured on this data
+    if isinstance(saved, dict) and "temperature" in saved:  # fitted at training time, measured on this data
         metrics["calibration"] = recheck(saved, logits, gold, metrics["data_file"])
     out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():

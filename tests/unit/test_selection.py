@@ -287,6 +287,10 @@ def test_generative_classification_selects_by_label_scoring_on_the_validation_sp
     assert metrics["num_examples"] == 8  # the eval file, once
     calibration = json.loads((tmp_path / "run" / "metrics.json").read_text())["calibration"]
     assert calibration["fitted_on"] == "validation split (10 rows)" and "eval_ece_after" in calibration
+    from peftkit.run import evaluate_saved_run
+
+    again = evaluate_saved_run(tmp_path / "run")["calibration"]  # the saved temperature, measured again
+    assert again["temperature"] == calibration["temperature"] and again["rechecked_on"] == str(SST2 / "dev.tsv")
 
 
 def test_validate_reports_the_token_count_of_each_label_word():
