@@ -64,7 +64,7 @@ def run_report_html(folder: Path) -> str:
         errors_section(records),
         curves_section(root),
         reliability_section(records),
-        data_section(root),
+        data_section(root, folder),
     ])
 
 
@@ -261,8 +261,10 @@ def reliability_section(records: list[dict] | None) -> str:
                    table(["confidence", "examples", "mean confidence", "accuracy"], rows))
 
 
-def data_section(root: Path) -> str:
+def data_section(root: Path, folder: Path) -> str:
     report = read_json(root / DATA_REPORT_FILE)
+    if isinstance(report, dict) and isinstance(report.get(folder.name), dict) and folder != root:
+        report = report[folder.name]  # a multitask run's tasks/NAME folder: that task's splits
     if not isinstance(report, dict) or not report:
         return section("data", "Data report", note(f"No {DATA_REPORT_FILE} in {root}."))
     splits = {name: facts for name, facts in report.items() if isinstance(facts, dict)}
