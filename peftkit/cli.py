@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_auto_parser(sub)
 
+    from peftkit.report.command import add_report_parser
+
+    add_report_parser(sub)
+
     generate = sub.add_parser("generate", help="a causal-LM run's answer to a text: label probabilities or generated text",
                               description="Answer TEXT with the base model + trained adapter of RUN_DIR. "
                                           "generative_classification runs: TEXT goes through the run's "

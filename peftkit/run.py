@@ -32,7 +32,7 @@ from peftkit.runs.folder import (
     resume_point,
     save_run_files,
 )
-from peftkit.runs.layout import ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE
+from peftkit.runs.layout import ADAPTER_DIR, DATA_REPORT_FILE, SUMMARY_FILE, TRAINING_LOG_FILE
 from peftkit.runs.read import load_run
 from peftkit.tasks import task_for
 from peftkit.trainer.launch import check_launch
@@ -112,6 +112,7 @@ def run(recipe: Recipe, resume: bool = False, callbacks: Sequence = ()) -> dict[
             say(describe_selection(metrics["selection"]))
     # ---- metrics and summary, written by the main process ------------------------------------
     if trainer.is_world_process_zero():
+        write_json_atomic(run_dir / TRAINING_LOG_FILE, trainer.state.log_history)  # before the report reads it
         if metrics:
             say(task.save_metrics(run_dir, metrics))
         facts |= {"skipped_nonfinite_batches": skipped_batches(trainer)}
@@ -189,7 +190,8 @@ def audit_causal_data(recipe: Recipe) -> str:
 
 
 def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
-    """How many tokens each label word is (label scoring sums their log-probabilities: see peftkit/evaluation/causal.py)."""
+    """How many tokens each label word is (label scoring sums their log-probabilities: see
+    peftkit/evaluation/causal.py)."""
     counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
     line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
                                              zip(label_names, label_words, counts))

@@ -14,7 +14,7 @@ Tokenizing them as TRL will, and the audit of what truncation leaves to learn, l
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from peftkit.data.classification import (
@@ -81,6 +81,8 @@ class CausalData:
     label_words: list[str] | None = None
     unused_train: dict[str, list] | None = None
     """Training-file examples outside data.max_train_samples' sample (selection.validation_from: unused_rows)."""
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    """generative_classification: each split's texts as read, before they became prompts (the report shows them)."""
 
     def examples(self, split: str) -> list[dict[str, Any]]:
         columns = self.splits[split]

@@ -43,6 +43,7 @@ def fit_classification_prompts(causal: CausalData, data: DataSection, tokenizer,
             prompt, shortened = fit_text(text, data, tokenizer, max_length, words, encoder)
             examples.append(pair(prompt, words[label], data.use_chat_template))
             report.text_shortened += shortened
+        causal.texts[name] = list(split["text"])  # the report shows the user's texts, not the prompts
         causal.splits[name] = {"prompt": [e["prompt"] for e in examples],
                                "completion": [e["completion"] for e in examples], "label": split["label"]}
 

@@ -14,6 +14,7 @@ from typing import Any
 from peftkit.core.progress import map_in_chunks
 from peftkit.data.causal import CausalData, classification_prompt, pair
 from peftkit.data.causal_encode import Encoded, Encoder
+from peftkit.evaluation.calibration import recheck, temperature_report
 from peftkit.evaluation.label_scoring import (  # noqa: F401
     CONTENT_FREE_TEXT,
     LabelScoring,
@@ -22,6 +23,7 @@ from peftkit.evaluation.label_scoring import (  # noqa: F401
     shared_prompt_logprobs,
 )
 from peftkit.evaluation.metrics import classification_metrics
+from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
 
 
 def label_scoring(recipe) -> LabelScoring:
@@ -33,22 +35,45 @@ def label_scoring(recipe) -> LabelScoring:
 
 
 def evaluate_generative(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int,
-                        split: str = "eval", scoring: LabelScoring = LabelScoring()) -> dict[str, Any]:
-    """Label-scoring predictions on a split -> the same metrics as the classification-head path."""
-    was_training = model.training
-    model.eval()
+                        split: str = "eval", scoring: LabelScoring | None = None,
+                        calibrate_on: str | None = None, saved_calibration: dict | None = None) -> dict[str, Any]:
+    """Label-scoring predictions on a split -> the same metrics as the classification-head path, with the per-row
+    predictions (a softmax over the label scores) for eval_predictions.jsonl. With `calibrate_on` (a split name),
+    that split is scored too and a temperature fitted on it (metrics' ``calibration``); with `saved_calibration`
+    (a run's calibration.json) its temperature is measured again on this split."""
+    scoring = scoring or LabelScoring()
     started = time.time()
-    scores = map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat, batch_size,
-                                                        scoring),
-                           causal.splits[split]["prompt"], 4 * batch_size, "label scoring", key=lambda p: len(str(p)))
-    model.train(was_training)
+    scores = split_scores(model, encoder, causal, chat, batch_size, split, scoring)
     predictions = [max(range(len(row)), key=row.__getitem__) for row in scores]
-    metrics = classification_metrics(causal.splits[split]["label"], predictions, causal.label_names)
+    labels = causal.splits[split]["label"]
+    metrics = classification_metrics(labels, predictions, causal.label_names)
+    if scores:
+        texts = causal.texts.get(split) or [str(p) for p in causal.splits[split]["prompt"]]
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels, scores, causal.label_names)
+    if scores and calibrate_on and causal.splits.get(calibrate_on, {}).get("label"):
+        fitted = split_scores(model, encoder, causal, chat, batch_size, calibrate_on, scoring)
+        metrics["calibration"] = temperature_report(fitted, causal.splits[calibrate_on]["label"], scores, labels)
+    elif scores and saved_calibration and "temperature" in saved_calibration:
+        metrics["calibration"] = recheck(saved_calibration, scores, labels, causal.reports[split].source)
     metrics["method"] = "label scoring: " + scoring.describe()
     metrics["label_score"] = scoring.method
     metrics["label_words"] = dict(zip(causal.label_names, causal.label_words))
     metrics["eval_seconds"] = round(time.time() - started, 1)
     return metrics
+
+
+def split_scores(model, encoder: Encoder, causal: CausalData, chat: bool, batch_size: int, split: str,
+                 scoring: LabelScoring) -> list[list[float]]:
+    """Every label's score after every prompt of a split (rows in the split's order)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return map_in_chunks(lambda prompts: score_labels(model, encoder, prompts, causal.label_words, chat,
+                                                          batch_size, scoring),
+                             causal.splits[split]["prompt"], 4 * batch_size, f"label scoring ({split})",
+                             key=lambda p: len(str(p)))
+    finally:
+        model.train(was_training)
 
 
 def evaluate_lm_loss(model, encoder: Encoder, causal: CausalData, max_length: int, batch_size: int,

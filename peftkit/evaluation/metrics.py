@@ -1,4 +1,5 @@
-"""Classification metrics (scikit-learn) and their files: metrics.json, a readable report, a confusion-matrix PNG."""
+"""Classification metrics (scikit-learn) and their files: metrics.json, a readable report, a confusion-matrix PNG
+(peftkit/evaluation/confusion.py) and the eval predictions (peftkit/evaluation/predictions.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.atomic import write_json_atomic, write_text_atomic
+from peftkit.evaluation.calibration import CALIBRATION_FILE
+from peftkit.evaluation.confusion import FULL_MATRIX_MAX, plot_confusion_matrix, top_confusions
+from peftkit.evaluation.predictions import PREDICTIONS_KEY, reliability, write_predictions
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "eval_report.txt"
 CONFUSION_PNG = "confusion_matrix.png"
+WORST_SHOWN = 10
+PAIRS_SHOWN = 10
+PAIRS_IN_FILE = 30
+NAMES_IN_WARNING = 20
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
@@ -50,62 +58,86 @@ def never_predicted_warning(metrics: dict[str, Any]) -> str | None:
         missing = [n for j, n in enumerate(metrics["labels"]) if not sum(row[j] for row in matrix)]
     if not missing:
         return None
-    return (f"WARNING: never predicted: {', '.join(missing)} (F1 0.00); with imbalanced classes try "
+    names = ", ".join(missing[:NAMES_IN_WARNING]) + (f" and {len(missing) - NAMES_IN_WARNING} more"
+                                                     if len(missing) > NAMES_IN_WARNING else "")
+    return (f"WARNING: never predicted: {names} (F1 0.00); with imbalanced classes try "
             "imbalance.strategy: class_weights or balanced_sampling")
 
 
-def format_metrics(metrics: dict[str, Any]) -> str:
+def format_metrics(metrics: dict[str, Any], every_class: bool = False) -> str:
+    """The readable report: headline metrics, then for a few classes (FULL_MATRIX_MAX) every class and the full
+    matrix; for more, the worst classes and the most-confused pairs (`every_class`: all classes' rows, the file's
+    version), never a K x K table. The whole matrix stays in metrics.json."""
     names = metrics["labels"]
-    width = max(12, *(len(n) for n in names))
     lines = [
         f"accuracy {metrics['accuracy']:.4f}   macro F1 {metrics['macro_f1']:.4f}   "
         f"macro precision {metrics['macro_precision']:.4f}   macro recall {metrics['macro_recall']:.4f}   "
-        f"({metrics['num_examples']} examples)",
+        f"({metrics['num_examples']} examples, {len(names)} classes)",
         "",
-        f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
     ]
-    for name in names:
-        c = metrics["per_class"][name]
-        lines.append(f"{name:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8d}")
-    lines += ["", "confusion matrix (rows: true, columns: predicted)",
-              " " * width + " " + " ".join(f"{n[:8]:>8}" for n in names)]
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        lines.append(f"{name:<{width}} " + " ".join(f"{v:>8d}" for v in row))
+    if len(names) <= FULL_MATRIX_MAX:
+        lines += class_table(metrics, names) + ["", *matrix_table(metrics)]
+    else:
+        shown = names if every_class else worst_classes(metrics, WORST_SHOWN)
+        title = "every class" if every_class else f"the {len(shown)} classes with the lowest F1"
+        pairs = top_confusions(metrics["confusion_matrix"], names, PAIRS_IN_FILE if every_class else PAIRS_SHOWN)
+        lines += [f"{title} (of {len(names)}):", *class_table(metrics, shown), "",
+                  *pair_lines(pairs), "",
+                  f"all {len(names)} classes: {'' if every_class else 'eval_report.txt, '}report.html (with the "
+                  "confusion heatmap and the misclassified texts); the full confusion matrix: metrics.json"]
     warning = never_predicted_warning(metrics)
     if warning:
         lines += ["", warning]
     return "\n".join(lines)
 
 
+def worst_classes(metrics: dict[str, Any], n: int) -> list[str]:
+    """The n classes with the lowest F1 (ties: more support first, then label order)."""
+    per_class = metrics["per_class"]
+    ranked = sorted(enumerate(metrics["labels"]), key=lambda p: (per_class[p[1]]["f1"], -per_class[p[1]]["support"],
+                                                                p[0]))
+    return [name for _, name in ranked[:n]]
+
+
+def class_table(metrics: dict[str, Any], names: list[str]) -> list[str]:
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for name in names:
+        c = metrics["per_class"][name]
+        lines.append(f"{name:<{width}} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8d}")
+    return lines
+
+
+def matrix_table(metrics: dict[str, Any]) -> list[str]:
+    names = metrics["labels"]
+    width = max(12, *(len(n) for n in names))
+    lines = ["confusion matrix (rows: true, columns: predicted)",
+             " " * width + " " + " ".join(f"{n[:8]:>8}" for n in names)]
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        lines.append(f"{name:<{width}} " + " ".join(f"{v:>8d}" for v in row))
+    return lines
+
+
+def pair_lines(pairs: list[dict[str, Any]]) -> list[str]:
+    if not pairs:
+        return ["no confusions: every example is on the diagonal"]
+    lines = ["most-confused pairs (true -> predicted: examples, share of the true class):"]
+    lines += [f"  {p['true']} -> {p['predicted']}: {p['count']} ({p['share_of_true']:.0%})" for p in pairs]
+    return lines
+
+
 def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> None:
-    """metrics.json, eval_report.txt and confusion_matrix.png, each written atomically."""
+    """metrics.json, eval_report.txt, confusion_matrix.png and, when the metrics carry them, the predictions
+    (moved out of the dict to eval_predictions.jsonl: metrics.json stays small), each written atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    records = metrics.pop(PREDICTIONS_KEY, None)
+    if records is not None:
+        write_predictions(out_dir, records)
+        # the ECE of the probabilities the predictions file holds (the report's reliability diagram)
+        metrics.setdefault("calibration", {})["ece"] = reliability(records)["ece"]
+    if "temperature" in metrics.get("calibration", {}):  # saved with the run for the inference paths
+        write_json_atomic(out_dir / CALIBRATION_FILE, metrics["calibration"])
     write_json_atomic(out_dir / METRICS_FILE, metrics)
-    write_text_atomic(out_dir / REPORT_FILE, format_metrics(metrics) + "\n")
+    write_text_atomic(out_dir / REPORT_FILE, format_metrics(metrics, every_class=True) + "\n")
     plot_confusion_matrix(metrics, out_dir / CONFUSION_PNG)
-
-
-def plot_confusion_matrix(metrics: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    n = len(metrics["labels"])
-    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * n, 1.8 + 0.9 * n))
-    ConfusionMatrixDisplay(np.array(metrics["confusion_matrix"]), display_labels=metrics["labels"]).plot(
-        ax=ax, cmap="Blues", colorbar=False, values_format="d")
-    ax.set_title(f"accuracy {metrics['accuracy']:.3f}, macro F1 {metrics['macro_f1']:.3f}")
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)

@@ -25,7 +25,8 @@ class Forward:
 
 def classify_head(group: BaseGroup, items: list[tuple[ServedRun, str]], max_batch_size: int,
                   on_forward: Callable[[Forward], None]) -> list[list[float]]:
-    """Label probabilities for (run, text) pairs of one base, runs mixed freely within a forward pass.
+    """Label probabilities for (run, text) pairs of one base, runs mixed freely within a forward pass, each
+    row's logits divided by its run's temperature (calibration.json; 1.0 without one).
 
     Texts are tokenized by their own run's tokenizer, truncated to that run's data.max_length (as in training),
     sorted by length so each pass pads little, and sent with PEFT's `adapter_names` so every row goes through its
@@ -43,7 +44,8 @@ def classify_head(group: BaseGroup, items: list[tuple[ServedRun, str]], max_batc
             names = [items[i][0].adapter for i in chunk]
             logits = forward_with_adapters(group, names, input_ids=ids, attention_mask=mask).logits
             on_forward(Forward(rows=len(chunk), adapters=len(set(names))))
-            for row, p in zip(chunk, torch.softmax(logits.float(), -1).tolist()):
+            temperatures = torch.tensor([[items[i][0].temperature] for i in chunk])  # each row its own run's
+            for row, p in zip(chunk, torch.softmax(logits.float() / temperatures, -1).tolist()):
                 probs[row] = p
     return probs
 
@@ -95,7 +97,7 @@ def classify_generative(run: ServedRun, texts: list[str], max_batch_size: int,
         scores = score_labels(model, run.encoder, prompts, run.label_words, chat, batch_size=max_batch_size,
                               scoring=label_scoring(run.recipe))
     on_forward(Forward(rows=len(texts), adapters=1))
-    return torch.softmax(torch.tensor(scores, dtype=torch.float64), -1).tolist()
+    return torch.softmax(torch.tensor(scores, dtype=torch.float64) / run.temperature, -1).tolist()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 from peftkit.data.causal import resolve_label_words
 from peftkit.data.causal_encode import apply_tokenizer_settings, encoder_for
 from peftkit.errors import PeftkitError
+from peftkit.evaluation.calibration import saved_temperature
 from peftkit.model.base import load_causal_lm, load_classifier, load_tokenizer
 from peftkit.recipe import CAUSAL_TASKS
 from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE
@@ -56,6 +57,8 @@ class ServedRun:
     labels: list[str] | None = None
     label_words: list[str] | None = None
     encoder: Any = None
+    temperature: float = 1.0
+    """From the run's calibration.json (fitted on its validation split); 1.0 when it has none."""
 
     @property
     def task(self) -> str:
@@ -76,6 +79,7 @@ class ServedRun:
     def describe(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "owned_by": "peftkit", "task": self.task,
                 "labels": self.labels, "base": self.recipe.model.name_or_path, "base_group": self.group.index,
+                "temperature": self.temperature if self.classifies else None,
                 "endpoints": (["/v1/classify"] if self.classifies else [])
                 + (["/v1/completions", "/v1/chat/completions"] if self.generates else [])}
 
@@ -104,6 +108,7 @@ def open_runs(run_args: list[str]) -> list[ServedRun]:
             if not (run_dir / LABEL_MAP_FILE).is_file():
                 raise PeftkitError(f"{run_dir} has no {LABEL_MAP_FILE}; did the train run finish?")
             run.labels = label_names_of(run_dir)
+            run.temperature = saved_temperature(run_dir)
         runs.append(run)
     return runs
 

@@ -45,6 +45,7 @@ def label_probabilities(run_dir: Path, recipe, tokenizer, model, text: str) -> l
     """(label name, probability) for every label, most likely first: the run's prompt and label scoring."""
     from peftkit.data.causal import classification_prompt, pair, resolve_label_words
     from peftkit.data.causal_encode import apply_tokenizer_settings, encoder_for
+    from peftkit.evaluation.calibration import saved_temperature
     from peftkit.evaluation.causal import label_scoring, score_labels
     from peftkit.runs.layout import LABEL_MAP_FILE
     from peftkit.runs.read import label_names_of
@@ -58,8 +59,9 @@ def label_probabilities(run_dir: Path, recipe, tokenizer, model, text: str) -> l
     model.eval()
     (scores,) = score_labels(model, encoder, [example["prompt"]], words, chat, batch_size=1,
                              scoring=label_scoring(recipe))
+    temperature = saved_temperature(run_dir)  # fitted on the run's validation split; 1.0 without one
     top = max(scores)
-    weights = [math.exp(s - top) for s in scores]
+    weights = [math.exp((s - top) / temperature) for s in scores]
     total = sum(weights)
     return sorted(((n, w / total) for n, w in zip(names, weights)), key=lambda item: -item[1])
 
@@ -78,8 +80,8 @@ def sft_prompt_ids(recipe, tokenizer, text: str):
     if d.prompt_template is not None:
         fields = {name for _, name, _, _ in string.Formatter().parse(d.prompt_template) if name}
         if len(fields) != 1:
-            raise PeftkitError(f"the run's data.prompt_template has {len(fields)} fields ({', '.join(sorted(fields))}); "
-                               "generate fills one: pass the whole prompt with --raw")
+            raise PeftkitError(f"the run's data.prompt_template has {len(fields)} fields "
+                               f"({', '.join(sorted(fields))}); generate fills one: pass the whole prompt with --raw")
         text = d.prompt_template.format_map({fields.pop(): text})
     if (d.use_chat_template or d.format == "messages") and tokenizer.chat_template:
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,

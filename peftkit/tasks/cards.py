@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftkit.evaluation.confusion import FULL_MATRIX_MAX, top_confusions
+
 # (metrics.json key, model-index metric type, pretty name, metric args)
 AGGREGATE_METRICS = (
     ("accuracy", "accuracy", "Accuracy", None),
@@ -24,9 +26,20 @@ def classification_evaluation(run, aggregate=AGGREGATE_METRICS, how: str = "") -
             f"| {fmt(scores.get('f1'))} | {scores.get('support', '')} |"
         )
     matrix = metrics.get("confusion_matrix")
-    if matrix:
-        lines += ["", confusion_table(metrics.get("labels") or run.labels, matrix)]
+    labels = metrics.get("labels") or run.labels
+    if matrix and len(labels) <= FULL_MATRIX_MAX:
+        lines += ["", confusion_table(labels, matrix)]
+    elif matrix:  # a K x K Markdown table is unreadable beyond a few classes: the pairs that matter instead
+        lines += ["", confused_pairs_table(labels, matrix)]
     return "\n".join(lines)
+
+
+def confused_pairs_table(labels: list[str], matrix: list[list[int]], n: int = 10) -> str:
+    rows = [f"| {cell(p['true'])} | {cell(p['predicted'])} | {p['count']} | {p['share_of_true']:.0%} |"
+            for p in top_confusions(matrix, labels, n)]
+    return (f"The {len(rows)} most-confused pairs (the full {len(labels)} x {len(labels)} matrix is in "
+            "`metrics.json`):\n\n| True label | Predicted | Examples | Share of the true class |\n"
+            "| --- | --- | --- | --- |\n" + "\n".join(rows))
 
 
 def evaluation_intro(run, how: str = "") -> list[str]:

@@ -22,11 +22,13 @@ from peftkit.data.causal import (
 from peftkit.data.causal_encode import prepare_examples, truncation_length
 from peftkit.data.classification import evaluation_file, split_size
 from peftkit.errors import PeftkitError
+from peftkit.evaluation.calibration import CALIBRATION_FILE
 from peftkit.evaluation.causal import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
 from peftkit.evaluation.metrics import format_metrics, write_metrics
 from peftkit.model.base import load_causal_lm, load_trained_causal_lm
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.report.single import write_run_report
 from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.layout import CHECKPOINT_DIR, LABEL_MAP_FILE
 from peftkit.runs.read import label_names_of
@@ -139,6 +141,7 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
     Returns the readable report."""
     if "confusion_matrix" in metrics:
         write_metrics(out_dir, metrics)
+        write_run_report(out_dir)
         return format_metrics(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -147,11 +150,14 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
     return text
 
 
-def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData) -> dict[str, Any]:
+def evaluate_causal(recipe: Recipe, model, encoder, causal: CausalData,
+                    saved_calibration: dict | None = None) -> dict[str, Any]:
     """The task's evaluation on the eval split: label scoring (generative_classification) or loss (sft)."""
     if recipe.task == "generative_classification":
         metrics = evaluate_generative(model, encoder, causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
-                                      scoring=label_scoring(recipe))
+                                      scoring=label_scoring(recipe),
+                                      calibrate_on=VALIDATION if VALIDATION in causal.splits else None,
+                                      saved_calibration=saved_calibration)
     else:
         metrics = evaluate_lm_loss(model, encoder, causal, recipe.data.max_length, recipe.evaluate.batch_size)
     metrics["split"] = "eval"
@@ -169,11 +175,22 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
     tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
     encoder = prepare_examples(recipe, tokenizer, causal)
     print(format_causal_report(causal, truncation_length(recipe)), flush=True)
-    metrics = evaluate_causal(recipe, model, encoder, causal)
+    metrics = evaluate_causal(recipe, model, encoder, causal, saved_calibration=read_calibration(run_dir))
     out_dir = evaluation_dir(run_dir, data_file)
     print(save_metrics(out_dir, metrics), flush=True)
     print(f"written to {out_dir}", flush=True)
     return metrics
+
+
+def read_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """The run's calibration.json (a temperature fitted on its validation split), or None."""
+    import json
+
+    try:
+        saved = json.loads((run_dir / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +258,8 @@ def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:
 
 def usage(run, *, merged: bool, repo_id: str, base_id: str, label_words: dict[str, str] | None = None) -> str:
     load = (f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n' if merged else
-            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")  # downloads {base_id}, applies the adapter\n')
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")'
+            f'  # downloads {base_id}, applies the adapter\n')
     imports = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n" if merged else
                "from peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n")
     data = run.section("data")

@@ -6,6 +6,7 @@ argmax on the eval split, gathered over every process.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from peftkit.data.classification import (
     split_size,
     tokenize_split,
 )
+from peftkit.evaluation.calibration import CALIBRATION_FILE, recheck, temperature_report
 from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
+from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
 from peftkit.model.base import load_classifier, load_trained_classifier
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.report.single import write_run_report
 from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
@@ -59,7 +63,8 @@ def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskDat
     return TaskData(label_names=data.label_names, report=data.report_dict(),
                     train_examples=split_size(data.splits["train"]), eval_examples=split_size(data.splits["eval"]),
                     prepared={"train": train, "eval": eval_, "source": data.reports["eval"].source,
-                              VALIDATION: validation, "train_labels": data.splits["train"]["label"]})
+                              VALIDATION: validation, "train_labels": data.splits["train"]["label"],
+                              "eval_texts": list(data.splits["eval"]["text"])})
 
 
 def training_arguments(recipe: Recipe, run_dir: Path):
@@ -109,25 +114,59 @@ def training_facts(trainer) -> dict[str, Any]:
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:
-    metrics = predict_metrics(trainer, data.prepared["eval"], data.label_names)
+    """Metrics on the eval split; with a validation split, a temperature fitted on it and the eval split's
+    calibration error before and after (metrics.json's ``calibration``)."""
+    logits, labels = predict_logits(trainer, data.prepared["eval"])
+    metrics = metrics_from_logits(logits, labels, data.label_names, data.prepared.get("eval_texts"))
+    validation = data.prepared.get(VALIDATION)
+    if validation is not None and len(validation):
+        validation_logits, validation_labels = predict_logits(trainer, validation)
+        metrics["calibration"] = temperature_report(validation_logits, validation_labels, logits, labels)
     metrics["data_file"] = data.prepared["source"]
     return metrics
 
 
-def predict_metrics(trainer, eval_ds, label_names: list[str]) -> dict[str, Any]:
-    """Predict on the whole eval set; under several processes the Trainer gathers every rank's share once.
+def predict_logits(trainer, dataset):
+    """(logits, labels) of every row in the dataset's order; under several processes the Trainer gathers every
+    rank's share once. Rows are predicted sorted by length so each batch pads little, then put back in order."""
+    import numpy as np
 
-    Examples are sorted by length first so each batch pads little; labels travel with them.
-    """
-    lengths = [len(ids) for ids in eval_ds["input_ids"]]
-    by_length = eval_ds.select(sorted(range(len(eval_ds)), key=lengths.__getitem__))
-    output = trainer.predict(by_length, metric_key_prefix="eval")
-    predictions = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
-    return classification_metrics(output.label_ids.tolist(), predictions.argmax(-1).tolist(), label_names)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
+    with in_dataset_order(trainer):
+        output = trainer.predict(dataset.select(order), metric_key_prefix="eval")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    in_order, labels = np.empty_like(logits), np.empty_like(output.label_ids)
+    in_order[order], labels[order] = logits, output.label_ids
+    return in_order, labels
+
+
+@contextlib.contextmanager
+def in_dataset_order(trainer):
+    """Predictions in the order of the dataset given. With train_sampling_strategy group_by_length (a speed
+    default) the Trainer also length-groups evaluation batches in a seeded random order: labels travel with the
+    rows, so metrics are right, but the rows no longer line up with their texts. One process reads sequentially;
+    several take the Trainer's default (each rank a contiguous shard, gathered back in order)."""
+    from torch.utils.data import SequentialSampler
+
+    trainer._get_eval_sampler = lambda ds: SequentialSampler(ds) if trainer.args.world_size <= 1 else None
+    try:
+        yield
+    finally:
+        del trainer._get_eval_sampler  # the class's own again
+
+
+def metrics_from_logits(logits, labels, label_names: list[str], texts: list[str] | None) -> dict[str, Any]:
+    """The metrics; with the texts, the per-row predictions (top-3 probabilities) for eval_predictions.jsonl."""
+    metrics = classification_metrics(labels.tolist(), logits.argmax(-1).tolist(), label_names)
+    if texts is not None and len(texts) == len(logits):
+        metrics[PREDICTIONS_KEY] = prediction_records(texts, labels.tolist(), logits, label_names)
+    return metrics
 
 
 def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
     write_metrics(out_dir, metrics)
+    write_run_report(out_dir)
     return format_metrics(metrics)
 
 
@@ -146,13 +185,26 @@ def evaluate_run(run_dir: Path, recipe: Recipe, data_file: str | None = None) ->
                                  report_to=[], disable_tqdm=not stderr_is_terminal())
         trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer),
                           processing_class=tokenizer)
-        metrics = predict_metrics(trainer, eval_ds, labels)
+        logits, gold = predict_logits(trainer, eval_ds)
+    metrics = metrics_from_logits(logits, gold, labels, data.splits["eval"]["text"])
     metrics["data_file"] = data.reports["eval"].source
+    saved = read_json_if_any(run_dir / CALIBRATION_FILE)
+    if isinstance(saved, dict) and "temperature" in saved:  # fitted at training time, measured on this data
+        metrics["calibration"] = recheck(saved, logits, gold, metrics["data_file"])
     out_dir = evaluation_dir(run_dir, data_file)
     if trainer.is_world_process_zero():
         print(save_metrics(out_dir, metrics), flush=True)
         print(f"written to {out_dir}", flush=True)
     return metrics
+
+
+def read_json_if_any(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def card(run, *, merged: bool, repo_id: str, base_id: str) -> TaskCard:

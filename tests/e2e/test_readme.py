@@ -147,10 +147,11 @@ def test_readme_walkthrough_runs(tmp_path, tiny_causal_dir, monkeypatch, capsys,
             labels = [line.split()[0] for line in out.strip().splitlines()]
             assert sorted(labels) == ["negative", "positive"]
     assert [name for name, _ in ran] == ["init", "validate", "train", "evaluate", "merge", "push", "train", "train",
-                                         "init", "train", "generate"]  # serve: tests/e2e/test_serve.py
+                                         "init", "train", "generate", "report"]  # serve: tests/e2e/test_serve.py
     run = tmp_path / "runs" / "my_reviews-minilm"
     assert (run / "metrics.json").is_file() and (run / "merged").is_dir()
     assert len(list(run.glob("eval-new_reviews-*/metrics.json"))) == 1
     assert (tmp_path / "runs" / "my_reviews-lr5e-4" / "adapter").is_dir()
     assert (tmp_path / "runs" / "my_reviews-smollm2" / "metrics.json").is_file()
     assert "ends the run" in ran[7][1]  # --resume of the finished run
+    assert (run / "report.html").is_file() and 'id="per-class-f1"' in (tmp_path / "compare.html").read_text()

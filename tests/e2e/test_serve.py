@@ -248,6 +248,17 @@ def test_a_shared_base_is_one_copy_of_the_weights(runs):
     close = lambda x, y: max(abs(p - q) for a, b in zip(x, y) for p, q in zip(a, b)) < 2e-5  # noqa: E731
     assert close(merged, expected["a"])
     assert close(mixed, [expected["ab"[i % 2]][i % len(TEXTS)] for i in range(2 * len(TEXTS))])
+    # a run's calibration.json temperature divides its own rows' logits only: p ** (1 / T), renormalised
+    two[1].temperature = 2.0
+    with torch_threads(1):
+        scaled = classify_head(two[0].group, [(two[i % 2], t) for i, t in enumerate(TEXTS * 2)], 4, lambda f: None)
+
+    def tempered(probs: list[float], t: float) -> list[float]:
+        weights = [q ** (1 / t) for q in probs]
+        return [w / sum(weights) for w in weights]
+
+    assert close(scaled, [expected["a"][i % len(TEXTS)] if i % 2 == 0 else tempered(expected["b"][i % len(TEXTS)], 2.0)
+                          for i in range(2 * len(TEXTS))])
 
 
 def test_generative_classification_run(main_url, runs):

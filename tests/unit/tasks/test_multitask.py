@@ -89,6 +89,8 @@ def test_a_two_task_run_trains_one_adapter_and_evaluates_each_task(tmp_path, tin
                                                  + metrics["tasks"]["agnews"]["accuracy"]) / 2)
     for name in ("sst2", "agnews"):
         assert (run / "tasks" / name / "confusion_matrix.png").is_file()
+        page = (run / "tasks" / name / "report.html").read_text(encoding="utf-8")  # each task its own report
+        assert f"{metrics['tasks'][name]['num_examples']} examples" in page and "rows read" in page
     report = json.loads((run / "data_report.json").read_text())
     assert report["mixing"] == task_counts({"sst2": 96, "agnews": 64}, "temperature", 2.0)
     saved = load_recipe(run / "recipe.yaml")

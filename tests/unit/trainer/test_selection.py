@@ -235,6 +235,10 @@ def test_early_stopping_keeps_and_reports_the_best_checkpoint(tmp_path, tiny_lla
     out = capsys.readouterr().out
     assert "model selected on the validation split (24 rows carved from train)" in out
     assert "train: 72 rows used" in out and "validation: 24 rows used" in out
+    calibration = json.loads((run_dir / "calibration.json").read_text())  # temperature scaling, fitted on validation
+    assert calibration["fitted_on"] == "validation split (24 rows)" and 0.05 <= calibration["temperature"] <= 20
+    assert calibration["eval_nll_after"] <= calibration["eval_nll_before"] + 0.05
+    assert on_disk["calibration"]["temperature"] == calibration["temperature"]
 
 
 def test_evaluation_during_training_reads_the_validation_split_not_the_eval_file(tmp_path, tiny_llama_dir,
@@ -281,6 +285,12 @@ def test_generative_classification_selects_by_label_scoring_on_the_validation_sp
     assert len(scored) == 2 and all(0 <= e["eval_accuracy"] <= 1 for e in scored)
     assert all(abs(e["eval_accuracy"] * 10 - round(e["eval_accuracy"] * 10)) < 1e-9 for e in scored)  # of 10 rows
     assert metrics["num_examples"] == 8  # the eval file, once
+    calibration = json.loads((tmp_path / "run" / "metrics.json").read_text())["calibration"]
+    assert calibration["fitted_on"] == "validation split (10 rows)" and "eval_ece_after" in calibration
+    from peftkit.run import evaluate_saved_run
+
+    again = evaluate_saved_run(tmp_path / "run")["calibration"]  # the saved temperature, measured again
+    assert again["temperature"] == calibration["temperature"] and again["rechecked_on"] == str(SST2 / "dev.tsv")
 
 
 def test_validate_reports_the_token_count_of_each_label_word():
