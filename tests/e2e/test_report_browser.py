@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from peftkit.report import compare, single
-from tests.browser import find_chromium, open_page
+from tests.helpers.browser import find_chromium, open_page
 
 pytestmark = pytest.mark.slow
 
