@@ -10,6 +10,7 @@ import sys
 from peftkit import __version__
 from peftkit.core.atomic import storage_error
 from peftkit.errors import PeftkitError, RunStopped
+from peftkit.recipe.task_traits import tasks_where
 
 DEFAULT_RECIPE = "sst2_quickstart.yaml"
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--model", default="packaged:all-minilm-l6-v2",
                       help="base model: packaged:all-minilm-l6-v2 (default, fast: classification head), "
                            "packaged:smollm2-135m-instruct (generative classification), a hub id or a folder")
-    init.add_argument("--task", choices=("auto", "classification", "generative_classification"), default="auto",
+    init.add_argument("--task", choices=("auto", *tasks_where("init_writes")), default="auto",
                       help="auto (default): generative for causal LMs, a classification head for encoders")
     init.add_argument("--out", metavar="RECIPE", help="where to write the recipe (default: DATA_FILE's name .yaml)")
     init.add_argument("--output-dir", metavar="DIR", help="the run folder the recipe names (default: runs/NAME-MODEL)")

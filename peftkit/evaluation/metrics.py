@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.atomic import write_json_atomic, write_text_atomic
-
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "eval_report.txt"
-CONFUSION_PNG = "confusion_matrix.png"
+from peftkit.runs.layout import CONFUSION_MATRIX_FILE, EVAL_REPORT_FILE, METRICS_FILE
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
@@ -82,8 +79,8 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / METRICS_FILE, metrics)
-    write_text_atomic(out_dir / REPORT_FILE, format_metrics(metrics) + "\n")
-    plot_confusion_matrix(metrics, out_dir / CONFUSION_PNG)
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, format_metrics(metrics) + "\n")
+    plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_FILE)
 
 
 def plot_confusion_matrix(metrics: dict[str, Any], path: Path) -> None:

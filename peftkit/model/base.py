@@ -8,6 +8,7 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import ModelSection, QuantizationSection
+from peftkit.runs.layout import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
@@ -95,7 +96,7 @@ def _auto_map_refs(auto_map) -> list[str]:
 def check_adapter_folder(adapter_dir: Path, model: ModelSection) -> None:
     """A trained adapter must be safetensors; pickled adapter weights load only with model.allow_pickle: true."""
     names = {p.name for p in adapter_dir.iterdir()} if adapter_dir.is_dir() else set()
-    if "adapter_model.safetensors" in names:
+    if ADAPTER_WEIGHTS_FILE in names:
         return
     pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
     if pickles and not model.allow_pickle:
@@ -212,7 +213,7 @@ def load_trained_classifier(run_dir: Path, model: ModelSection, quant: Quantizat
     """(tokenizer, base + trained adapter) from a run folder, ready for inference."""
     from peft import PeftModel
 
-    adapter_dir = Path(run_dir) / "adapter"
+    adapter_dir = Path(run_dir) / ADAPTER_DIR
     tokenizer = load_tokenizer(model, str(adapter_dir))
     base = load_classifier(model, quant, labels, tokenizer)
     net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
@@ -223,7 +224,7 @@ def load_trained_causal_lm(run_dir: Path, model: ModelSection, quant: Quantizati
     """(tokenizer, base causal LM + trained adapter) from a run folder, ready for scoring or generation."""
     from peft import PeftModel
 
-    adapter_dir = Path(run_dir) / "adapter"
+    adapter_dir = Path(run_dir) / ADAPTER_DIR
     tokenizer = load_tokenizer(model, str(adapter_dir))
     base = load_causal_lm(model, quant, tokenizer)
     net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

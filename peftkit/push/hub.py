@@ -23,6 +23,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
+from peftkit.runs.layout import ADAPTER_CONFIG_FILE, ADAPTER_DIR, LABEL_MAP_FILE, MERGED_DIR, METRICS_FILE, RECIPE_FILE
+from peftkit.runs.read import load_run_record
 
 STAGING_DIRNAME = "push_staging"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -82,7 +84,7 @@ def push_run(
     `endpoint` defaults to $HF_ENDPOINT, then https://huggingface.co.
     """
     # lazily, here and below: card imports torch, and `peftkit CMD --help` must not
-    from peftkit.push.card import load_run_record, resolve_base_hub_id
+    from peftkit.push.card import resolve_base_hub_id
 
     run_dir = Path(run_dir)
     _validate_repo_id(repo_id)
@@ -124,16 +126,16 @@ def _validate_repo_id(repo_id: str) -> None:
 def _source_dir(run_dir: Path, *, merged: bool) -> Path:
     """The folder whose files are uploaded: merged/ for --merged, adapter/ otherwise."""
     if merged:
-        source = run_dir / "merged"
+        source = run_dir / MERGED_DIR
         if not (source / "config.json").is_file():
             raise PeftkitError(
                 f"--merged needs a merged model in {source}, which does not exist or has no config.json; "
                 f"run `peftkit merge {run_dir}` first"
             )
         return source
-    source = run_dir / "adapter"
-    if not (source / "adapter_config.json").is_file():
-        raise PeftkitError(f"{source}/adapter_config.json is missing; the run did not save an adapter")
+    source = run_dir / ADAPTER_DIR
+    if not (source / ADAPTER_CONFIG_FILE).is_file():
+        raise PeftkitError(f"{source}/{ADAPTER_CONFIG_FILE} is missing; the run did not save an adapter")
     return source
 
 
@@ -151,7 +153,7 @@ def _check_sources(run_dir: Path, source_dir: Path, *, merged: bool) -> None:
         if not any(source_dir.glob("*.safetensors")):
             raise PeftkitError(f"{source_dir} has no safetensors weights{advice}")
     else:
-        read_json_object(source_dir / "adapter_config.json", DAMAGED_RUN_ADVICE)
+        read_json_object(source_dir / ADAPTER_CONFIG_FILE, DAMAGED_RUN_ADVICE)
 
 
 def _stage(run_dir: Path, source_dir: Path, *, merged: bool, repo_id: str, base_id: str) -> Path:
@@ -182,11 +184,11 @@ def _fill_staging(staging: Path, run_dir: Path, source_dir: Path, *, merged: boo
         if src.is_file() and src.name not in REPLACED_FILES:
             _link_or_copy(src, staging / src.name)
     if not merged:
-        _rewrite_base_model(staging / "adapter_config.json", base_id)
-    if (run_dir / "label_map.json").is_file():  # sft and multitask runs have none (multitask: labels in recipe.yaml)
-        _link_or_copy(run_dir / "label_map.json", staging / "label_map.json")
-    _link_or_copy(run_dir / "metrics.json", staging / "metrics.json")
-    _stage_recipe(run_dir / "recipe.yaml", staging / "recipe.yaml")
+        _rewrite_base_model(staging / ADAPTER_CONFIG_FILE, base_id)
+    if (run_dir / LABEL_MAP_FILE).is_file():  # sft and multitask runs have none (multitask: labels in recipe.yaml)
+        _link_or_copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
+    _link_or_copy(run_dir / METRICS_FILE, staging / METRICS_FILE)
+    _stage_recipe(run_dir / RECIPE_FILE, staging / RECIPE_FILE)
     card = build_model_card(run_dir, merged=merged, repo_id=repo_id, base_model_id=base_id)
     (staging / "README.md").write_text(str(card), encoding="utf-8")
 

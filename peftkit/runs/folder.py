@@ -14,12 +14,14 @@ from peftkit.recipe import Recipe, recipe_from_dict
 from peftkit.runs.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
 from peftkit.runs.layout import (
     ADAPTER_DIR,
+    ADAPTER_WEIGHTS_FILE,
     CHECKPOINT_DIR,
     LABEL_MAP_FILE,
     LOCK_FILE,
     RECIPE_FILE,
     RUN_ARTIFACTS,
     SUMMARY_FILE,
+    TRAINER_STATE_FILE,
 )
 from peftkit.runs.read import finished_run, read_run_recipe
 
@@ -135,7 +137,7 @@ def with_current_defaults(previous: dict[str, Any]) -> tuple[dict[str, Any], lis
     are compared as they are; a recipe this version cannot read any more is compared as written.
     """
     try:
-        resolved = recipe_from_dict(previous, "the run folder's recipe.yaml").to_dict()
+        resolved = recipe_from_dict(previous, f"the run folder's {RECIPE_FILE}").to_dict()
     except PeftkitError:
         return previous, []
     added = sorted(key for key in differences(comparable(previous), comparable(resolved))
@@ -320,9 +322,9 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
 
     try:
         check_folder_files(checkpoint, torch_files=True)
-        read_json_object(checkpoint / "trainer_state.json")
-        if not (checkpoint / "adapter_model.safetensors").is_file() and not any(checkpoint.glob("adapter_model.*")):
-            return f"{checkpoint}/adapter_model.safetensors is missing"
+        read_json_object(checkpoint / TRAINER_STATE_FILE)
+        if not (checkpoint / ADAPTER_WEIGHTS_FILE).is_file() and not any(checkpoint.glob("adapter_model.*")):
+            return f"{checkpoint}/{ADAPTER_WEIGHTS_FILE} is missing"
     except PeftkitError as e:
         return str(e)
     return None

@@ -27,8 +27,9 @@ from peftkit.evaluation.metrics import format_metrics, write_metrics
 from peftkit.model.base import load_causal_lm, load_trained_causal_lm
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import CAUSAL_LM
 from peftkit.runs.folder import evaluation_dir
-from peftkit.runs.layout import CHECKPOINT_DIR, LABEL_MAP_FILE
+from peftkit.runs.layout import CHECKPOINT_DIR, EVAL_REPORT_FILE, LABEL_MAP_FILE, METRICS_FILE
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import (
     AGGREGATE_METRICS,
@@ -48,7 +49,7 @@ from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_e
 from peftkit.trainer.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
 from peftkit.trainer.speed import with_seeded_length_grouping
 
-PEFT_TASK_TYPE = "CAUSAL_LM"
+PEFT_TASK_TYPE = CAUSAL_LM
 LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),
               ("perplexity", "perplexity", "Perplexity", None))
 
@@ -60,6 +61,32 @@ def read_data(recipe: Recipe) -> CausalData:
     carve_validation(causal.splits, causal.reports, recipe.selection, recipe.seed, CausalSplitReport,
                      causal.unused_train)
     return causal
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, None]:
+    """`peftkit validate`: the data read and tokenized as training will (the tokenizer, not the model): what
+    truncation drops, and how many tokens each label word is. A causal LM has no head to size (None)."""
+    from peftkit.model.base import load_tokenizer
+
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    prepare_examples(recipe, tokenizer, causal)
+    report = format_causal_report(causal, truncation_length(recipe))
+    if causal.label_words:
+        report += "\n" + label_word_tokens(tokenizer, causal.label_names, causal.label_words)
+    return report, None
+
+
+def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
+    """How many tokens each label word is (label scoring sums their log-probabilities: see
+    peftkit/evaluation/causal.py)."""
+    counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
+    line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
+                                             zip(label_names, label_words, counts))
+    if len(set(counts)) > 1:
+        line += (" (lengths differ: evaluate.label_score says how they are made comparable: sum, mean or "
+                 "calibrated; see recipes/README.md)")
+    return line
 
 
 def prepare_data(recipe: Recipe, tokenizer, causal: CausalData) -> TaskData:
@@ -141,9 +168,9 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
         write_metrics(out_dir, metrics)
         return format_metrics(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     text = format_lm_metrics(metrics)
-    write_text_atomic(out_dir / "eval_report.txt", text + "\n")
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, text + "\n")
     return text
 
 

@@ -25,6 +25,7 @@ from peftkit.evaluation.metrics import classification_metrics, format_metrics, w
 from peftkit.model.base import load_classifier, load_trained_classifier
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import SEQ_CLS
 from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
@@ -38,7 +39,7 @@ from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
 from peftkit.trainer.selection import VALIDATION, carve_validation, head_compute_metrics
 from peftkit.trainer.speed import collator_pad_multiple, with_seeded_length_grouping
 
-PEFT_TASK_TYPE = "SEQ_CLS"
+PEFT_TASK_TYPE = SEQ_CLS
 
 
 def read_data(recipe: Recipe) -> ClassificationData:
@@ -47,6 +48,12 @@ def read_data(recipe: Recipe) -> ClassificationData:
     data = load_classification_data(recipe.data, recipe.seed)
     carve_validation(data.splits, data.reports, recipe.selection, recipe.seed, SplitReport, data.unused_train)
     return data
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, int]:
+    """`peftkit validate`: both splits read as training reads them; (data report, number of classes)."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    return format_report(data), len(data.label_names)
 
 
 def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskData:

@@ -4,6 +4,9 @@ A task is a plain module, registered by name in ``peftkit.tasks``; nothing is in
 
 ``PEFT_TASK_TYPE``
     the ``peft.TaskType`` of its adapter (``SEQ_CLS``, ``CAUSAL_LM``).
+``check_inputs(recipe) -> (report, number of classes or None)``
+    ``peftkit validate``: the data read (and tokenized, where that needs no model) as training will; the number
+    of classes sizes the head of the model checked on the meta device.
 ``read_data(recipe)``
     read and clean the examples; every check of the data files fails here, before the run folder is opened or
     anything is loaded.

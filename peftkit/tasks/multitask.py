@@ -26,6 +26,8 @@ from peftkit.data.causal_encode import prepare_examples, truncation_length
 from peftkit.errors import PeftkitError
 from peftkit.model.base import load_trained_causal_lm
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import CAUSAL_LM
+from peftkit.runs.layout import EVAL_REPORT_FILE, METRICS_FILE, TASKS_DIR
 from peftkit.tasks import causal
 from peftkit.tasks.cards import AGGREGATE_METRICS, evaluation_intro, fmt
 from peftkit.tasks.interface import TaskCard, TaskData
@@ -36,8 +38,7 @@ from peftkit.trainer.loop import run_callbacks, set_guard_policy
 from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
 from peftkit.trainer.speed import with_seeded_length_grouping
 
-PEFT_TASK_TYPE = "CAUSAL_LM"
-TASKS_DIR = "tasks"
+PEFT_TASK_TYPE = CAUSAL_LM
 
 
 @dataclass
@@ -63,6 +64,12 @@ def read_data(recipe: Recipe) -> MultitaskRead:
         read[sub.name] = causal.read_data(sub_recipe(recipe, i))
         sub.data.label_names = list(read[sub.name].label_names)
     return MultitaskRead(tasks=read)
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, None]:
+    """`peftkit validate`: each task's data audited as its own generative_classification recipe."""
+    return "\n".join(f"task {t.name}: {causal.check_inputs(sub_recipe(recipe, i))[0]}"
+                     for i, t in enumerate(recipe.tasks)), None
 
 
 def prepare_data(recipe: Recipe, tokenizer, read: MultitaskRead) -> TaskData:
@@ -144,8 +151,8 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
         text = causal.save_metrics(out_dir / TASKS_DIR / name, task_metrics)
         lines += [f"== task {name} ({task_metrics.get('data_file')}) ==", text, ""]
     lines.append(format_summary(metrics))
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "eval_report.txt", "\n".join(lines) + "\n")
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, "\n".join(lines) + "\n")
     return "\n".join(lines)
 
 

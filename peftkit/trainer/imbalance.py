@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import traits_of
 
 
 @dataclass
@@ -48,7 +49,7 @@ def decide(recipe: Recipe, labels: Sequence[int], label_names: list[str]) -> Dec
         why = f"above imbalance.auto_ratio {recipe.imbalance.auto_ratio:g}x, so imbalance.strategy auto turned on"
     else:
         why = f"imbalance.strategy {wanted}"
-    if recipe.task != "classification":
+    if not traits_of(recipe.task).class_weights:
         return Decision("none", sizes, ratio, f"imbalance: {shape}; task {recipe.task} trains unweighted "
                                                 "(class weights are for the classification head)")
     if wanted == "none":

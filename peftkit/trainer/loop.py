@@ -14,7 +14,7 @@ from peftkit.core.progress import log_friendly_trainer_args
 from peftkit.errors import RunStopped
 from peftkit.recipe import Recipe
 from peftkit.runs.folder import remove_incomplete_checkpoints
-from peftkit.runs.layout import LOG_DIR
+from peftkit.runs.layout import LOG_DIR, TRAINER_STATE_FILE
 from peftkit.trainer.guards import MarkCompleteCheckpoints, StopOnSignal, skipped_in_log
 from peftkit.trainer.launch import adjust_training_args_for_launch
 from peftkit.trainer.speed import apply_speed_defaults
@@ -73,7 +73,7 @@ def train_until_done_or_signalled(trainer, checkpoint: str | None, recipe: Recip
 
 def training_finished_at(checkpoint: str) -> bool:
     """Whether the checkpoint is the last step of the run (a stop or crash after training, before the end)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 
@@ -88,7 +88,7 @@ def load_finished_checkpoint(trainer, checkpoint: str):
     from transformers import TrainerState
     from transformers.trainer_utils import TrainOutput
 
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_FILE))
     best = trainer.state.best_model_checkpoint  # load_best_model_at_end: the run ends with the best checkpoint
     if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
         checkpoint = best

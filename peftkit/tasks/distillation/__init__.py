@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.console import say
-from peftkit.data.classification import ClassificationData, SplitReport, tokenize_split
+from peftkit.data.classification import (
+    ClassificationData,
+    SplitReport,
+    format_report,
+    load_classification_data,
+    tokenize_split,
+)
 from peftkit.data.files import read_table
 from peftkit.errors import PeftkitError
-from peftkit.inference.teacher import SOFT_LABELS_FILE, cached_soft_labels, open_teacher
+from peftkit.inference.teacher import cached_soft_labels, open_teacher
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import SEQ_CLS
+from peftkit.runs.layout import SOFT_LABELS_FILE
 from peftkit.tasks import classification
 from peftkit.tasks.distillation.loss import IGNORE, with_distillation_loss
 from peftkit.tasks.interface import TaskCard, TaskData
@@ -30,7 +38,7 @@ from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
 from peftkit.trainer.selection import VALIDATION, head_compute_metrics
 from peftkit.trainer.speed import collator_pad_multiple, with_seeded_length_grouping
 
-PEFT_TASK_TYPE = "SEQ_CLS"
+PEFT_TASK_TYPE = SEQ_CLS
 load_model = classification.load_model
 save_metrics = classification.save_metrics
 evaluate_run = classification.evaluate_run
@@ -54,6 +62,17 @@ def read_data(recipe: Recipe) -> DistillationData:
     labelled = classification.read_data(recipe)
     teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, labelled.label_names, "distill.teacher")
     return DistillationData(labelled, read_unlabelled(recipe), teacher_dir, teacher_recipe)
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, int]:
+    """`peftkit validate`: the labelled data as the classification task checks it, the teacher run folder (a
+    classification run with these labels) and the unlabelled file's text column."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, data.label_names, "distill.teacher")
+    unlabelled = read_unlabelled(recipe)
+    teacher = (f"teacher: {teacher_dir} ({teacher_recipe.task}); unlabelled: {len(unlabelled)} rows"
+               + (f" from {recipe.distill.unlabelled_file}" if unlabelled else ""))
+    return format_report(data) + "\n" + teacher, len(data.label_names)
 
 
 def read_unlabelled(recipe: Recipe) -> list[str]:
