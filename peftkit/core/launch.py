@@ -58,6 +58,11 @@ def is_main_process() -> bool:
     return (first_env_int(RANK_VARS) or 0) == 0
 
 
+def local_rank() -> int:
+    """This process's index on its machine (which GPU is its own); 0 when not launched by a launcher."""
+    return first_env_int(("LOCAL_RANK",)) or 0
+
+
 def _process_group():
     """torch.distributed when a process group exists, else None (never imports torch)."""
     dist = sys.modules.get("torch.distributed")

@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from peftkit.core.launch import local_rank
 from peftkit.errors import PeftkitError
 from peftkit.recipe import ModelSection, QuantizationSection
 from peftkit.runs.layout import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE
@@ -177,7 +178,7 @@ def quantized_device_map():
     import torch
 
     if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+        return {"": local_rank()}
     return {"": "cpu"}
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from peftkit.core.atomic import write_json_atomic, write_yaml_atomic
 from peftkit.core.console import say
+from peftkit.core.launch import is_main_process
 from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe, recipe_from_dict
 from peftkit.runs.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
@@ -58,7 +59,7 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         hold_run_lock(run_dir)
     if not recipe.overwrite_output_dir:
         refuse_restart_over_checkpoints(run_dir, resume, recipe.source)
@@ -68,7 +69,7 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
 def replace_previous_run(run_dir: Path, recipe: Recipe) -> Path:
     """With overwrite_output_dir, remove the previous run's files (main process only). Called after every check of
     the new run has passed, so a recipe that fails its checks never costs the previous run."""
-    if int(os.environ.get("RANK", 0)) == 0 and recipe.overwrite_output_dir and (run_dir / RECIPE_FILE).is_file():
+    if is_main_process() and recipe.overwrite_output_dir and (run_dir / RECIPE_FILE).is_file():
         remove_run_artifacts(run_dir)
     return run_dir
 
@@ -196,7 +197,7 @@ def remove_incomplete_checkpoints(run_dir: Path, why: str) -> None:
     """Remove checkpoint folders without the marker (main process only): what a kill or a failure mid-save left."""
     import shutil
 
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         return
     for broken in incomplete_checkpoints(run_dir):
         print(f"peftkit: removing incomplete checkpoint {broken} ({why})", flush=True)
@@ -343,7 +344,7 @@ def loadable_checkpoints(run_dir: Path, checkpoints: list[Path]) -> list[Path]:
         details = "; ".join(f"{c.name}: {why}" for c, why in damaged)
         raise PeftkitError(f"--resume: no complete checkpoint loads in {run_dir / CHECKPOINT_DIR} ({details}). "
                            "Nothing was changed: restore the files, or start over with overwrite_output_dir: true")
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         for checkpoint, why in damaged:
             aside = checkpoint.with_name(f"{checkpoint.name}.damaged")
             n = 1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.console import say, warn
+from peftkit.core.launch import world_size
 from peftkit.core.progress import log_friendly_trainer_args
 from peftkit.errors import RunStopped
 from peftkit.recipe import Recipe
@@ -112,7 +113,7 @@ def warn_if_almost_nothing(recipe: Recipe, train_examples: int) -> None:
     epochs = float(t.get("num_train_epochs", 1.0))
     if epochs >= 0.1:
         return
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = world_size()
     batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("gradient_accumulation_steps", 1)) * world
     steps = max(1, int(-(-train_examples // batch) * epochs + 0.999999))
     warn(f"train.num_train_epochs: {epochs:g} trains on about {min(100.0, 100 * steps * batch / train_examples):.1f}% "

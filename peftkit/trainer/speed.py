@@ -40,9 +40,10 @@ Not measured here (no GPU was lent): on CUDA only the sampler rule applies; set 
 
 from __future__ import annotations
 
-import os
 import platform
 from typing import Any
+
+from peftkit.core.launch import is_main_process
 
 # Keys whose presence in the recipe means the user chose the precision.
 PRECISION_KEYS = ("bf16", "fp16")
@@ -188,7 +189,7 @@ def apply_speed_defaults(train: dict[str, Any], *, quantized: bool = False, pack
     filled = {k: v for k, v in out.items() if k not in train}
     if attention_choice is None and not has_cuda:
         filled["model.cpu_attention_kernel"] = cpu_attention_kernel(None, has_cuda=False, packing=packing)
-    if filled and int(os.environ.get("RANK", 0)) == 0:
+    if filled and is_main_process():
         shown = ", ".join(f"{k}={v}" for k, v in filled.items())
         print(f"peftkit speed defaults: {shown} (set them under train: or model: to choose otherwise)", flush=True)
     return out
