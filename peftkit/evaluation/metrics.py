@@ -10,6 +10,21 @@ from peftkit.core.atomic import write_json_atomic, write_text_atomic
 from peftkit.runs.layout import CONFUSION_MATRIX_FILE, EVAL_REPORT_FILE, METRICS_FILE
 
 
+def evaluation_dir(run_dir: Path, data_file: str | None) -> Path:
+    """Where `peftkit evaluate` writes: the run folder for its own eval split; for --data FILE a folder named by
+    the file's stem and a short hash of its resolved path, so two different files named test.csv never overwrite
+    each other's results (evaluating the same file again replaces its own)."""
+    import hashlib
+
+    from peftkit.data.files import resolve_data_path
+
+    if data_file is None:
+        return Path(run_dir)
+    path = resolve_data_path(data_file)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+    return Path(run_dir) / f"eval-{path.stem}-{digest}"
+
+
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
     """Accuracy, per-class and macro precision/recall/F1, and the confusion matrix (rows: true, columns: predicted)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support

@@ -6,13 +6,13 @@ import os
 import re
 from pathlib import Path
 
+from peftkit.core.integrity import PICKLE_SUFFIXES
 from peftkit.core.launch import local_rank
 from peftkit.errors import PeftkitError
 from peftkit.recipe import ModelSection, QuantizationSection
-from peftkit.runs.layout import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE
+from peftkit.runs.layout import ADAPTER_DIR
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 
 
 def resolve_model_source(model: ModelSection) -> str:
@@ -92,21 +92,6 @@ def _auto_map_refs(auto_map) -> list[str]:
     for value in auto_map.values():
         refs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
     return [ref.split("--")[-1] for ref in refs]  # "repo--module.Class" points at another repository's code
-
-
-def check_adapter_folder(adapter_dir: Path, model: ModelSection) -> None:
-    """A trained adapter must be safetensors; pickled adapter weights load only with model.allow_pickle: true."""
-    names = {p.name for p in adapter_dir.iterdir()} if adapter_dir.is_dir() else set()
-    if ADAPTER_WEIGHTS_FILE in names:
-        return
-    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
-    if pickles and not model.allow_pickle:
-        raise PeftkitError(f"{adapter_dir} has only pickle adapter weights ({', '.join(pickles[:3])}); pickles can "
-                           "run code when loaded. Convert them to adapter_model.safetensors, or set "
-                           "model.allow_pickle: true in the run's recipe.yaml if you trust the files")
-    if not pickles:
-        raise PeftkitError(f"{adapter_dir} has no adapter weights (adapter_model.safetensors); did the train run "
-                           "finish?")
 
 
 def local_path(model: ModelSection) -> str:

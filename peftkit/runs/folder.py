@@ -255,21 +255,6 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     return str(checkpoints[-1])
 
 
-def evaluation_dir(run_dir: Path, data_file: str | None) -> Path:
-    """Where `peftkit evaluate` writes: the run folder for its own eval split; for --data FILE a folder named by
-    the file's stem and a short hash of its resolved path, so two different files named test.csv never overwrite
-    each other's results (evaluating the same file again replaces its own)."""
-    import hashlib
-
-    from peftkit.data.files import resolve_data_path
-
-    if data_file is None:
-        return Path(run_dir)
-    path = resolve_data_path(data_file)
-    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
-    return Path(run_dir) / f"eval-{path.stem}-{digest}"
-
-
 def folder_size(path: Path) -> int:
     """Bytes in the files under `path` (links not followed)."""
     total = 0

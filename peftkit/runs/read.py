@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peftkit.core.integrity import PICKLE_SUFFIXES
 from peftkit.errors import PeftkitError
-from peftkit.recipe import Recipe, recipe_from_dict, validate
+from peftkit.recipe import ModelSection, Recipe, recipe_from_dict, validate
 from peftkit.recipe.task_traits import DEFAULT_TASK, traits_of
 from peftkit.runs.layout import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_DIR,
+    ADAPTER_WEIGHTS_FILE,
     LABEL_MAP_FILE,
     METRICS_FILE,
     RECIPE_FILE,
@@ -35,8 +37,6 @@ def load_run(run_dir: str | os.PathLike) -> tuple[Path, Recipe]:
     recipe = recipe_from_dict(raw, where=str(run_dir / RECIPE_FILE))
     recipe.source = str(run_dir / RECIPE_FILE)
     validate(recipe)
-    from peftkit.model.base import check_adapter_folder
-
     check_adapter_folder(run_dir / ADAPTER_DIR, recipe.model)
     check_run_files(run_dir)
     return run_dir, recipe
@@ -53,6 +53,21 @@ def refuse_multitask(run_dir: Path, recipe: Recipe, command: str) -> None:
 
 DAMAGED_RUN_ADVICE = ("; the run folder is damaged: restore the file from a backup, or train the run again "
                       "(`peftkit train RECIPE --resume` continues from its last complete checkpoint)")
+
+
+def check_adapter_folder(adapter_dir: Path, model: ModelSection) -> None:
+    """A trained adapter must be safetensors; pickled adapter weights load only with model.allow_pickle: true."""
+    names = {p.name for p in adapter_dir.iterdir()} if adapter_dir.is_dir() else set()
+    if ADAPTER_WEIGHTS_FILE in names:
+        return
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles and not model.allow_pickle:
+        raise PeftkitError(f"{adapter_dir} has only pickle adapter weights ({', '.join(pickles[:3])}); pickles can "
+                           "run code when loaded. Convert them to adapter_model.safetensors, or set "
+                           "model.allow_pickle: true in the run's recipe.yaml if you trust the files")
+    if not pickles:
+        raise PeftkitError(f"{adapter_dir} has no adapter weights (adapter_model.safetensors); did the train run "
+                           "finish?")
 
 
 def read_run_recipe(path: Path) -> dict[str, Any]:

@@ -23,12 +23,11 @@ from peftkit.data.causal_encode import prepare_examples, truncation_length
 from peftkit.data.classification import evaluation_file, split_size
 from peftkit.errors import PeftkitError
 from peftkit.evaluation.causal import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
-from peftkit.evaluation.metrics import format_metrics, write_metrics
+from peftkit.evaluation.metrics import evaluation_dir, format_metrics, write_metrics
 from peftkit.model.base import load_causal_lm, load_trained_causal_lm
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
 from peftkit.recipe.task_traits import CAUSAL_LM
-from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.layout import CHECKPOINT_DIR, EVAL_REPORT_FILE, LABEL_MAP_FILE, METRICS_FILE
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import (

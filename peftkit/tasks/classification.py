@@ -21,12 +21,11 @@ from peftkit.data.classification import (
     split_size,
     tokenize_split,
 )
-from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
+from peftkit.evaluation.metrics import classification_metrics, evaluation_dir, format_metrics, write_metrics
 from peftkit.model.base import load_classifier, load_trained_classifier
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
 from peftkit.recipe.task_traits import SEQ_CLS
-from peftkit.runs.folder import evaluation_dir
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
 from peftkit.tasks.interface import TaskCard, TaskData
