@@ -39,14 +39,14 @@ from peftkit.tasks.cards import (
     metric_table,
 )
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
+from peftkit.trainer.attention import attention_kernel
 from peftkit.trainer.imbalance import decide as decide_imbalance
 from peftkit.trainer.lm_head import apply_recipe_choice
-from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.loop import run_callbacks, trainer_kwargs
 from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
-from peftkit.trainer.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
-from peftkit.trainer.speed import with_seeded_length_grouping
+from peftkit.trainer.selection import VALIDATION, carve_validation
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
 PEFT_TASK_TYPE = CAUSAL_LM
 LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),
@@ -119,15 +119,17 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     from trl import SFTTrainer
 
     causal: CausalData = data.prepared["causal"]
-    kernel = trainer_attention_kernel(recipe, args)
-    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model and kernel
-        with attention_kernel(kernel, args.device.type):
-            check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
     eval_during_training = args.eval_strategy != "no"
     # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
     during = VALIDATION if VALIDATION in causal.splits else "eval"
-    trainer = guarded(with_attention_kernel(with_label_scoring_evaluation(with_seeded_length_grouping(SFTTrainer)),
-                                           kernel))(
+    scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
+               label_scoring(recipe)) if during == VALIDATION and recipe.task == "generative_classification" else None
+    setup = setup_for(recipe, args, label_scoring=True, validation_scoring=scoring)
+    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model and kernel
+        with attention_kernel(setup.attention_kernel, args.device.type):
+            check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
+    trainer = build_trainer_of(
+        SFTTrainer, setup,
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
@@ -135,15 +137,12 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         processing_class=tokenizer,
         callbacks=run_callbacks(recipe),
     )
-    if during == VALIDATION and recipe.task == "generative_classification":
-        trainer.validation_scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template,
-                                      recipe.evaluate.batch_size, label_scoring(recipe))
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
-    return set_guard_policy(trainer, recipe)
+    return trainer
 
 
 def training_facts(trainer) -> dict[str, Any]:

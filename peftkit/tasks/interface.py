@@ -18,7 +18,8 @@ A task is a plain module, registered by name in ``peftkit.tasks``; nothing is in
 ``load_model(recipe, tokenizer, data, source)``
     the base model for this task, quantized as the recipe says (the checklist prepares it and adds the adapter).
 ``build_trainer(recipe, args, model, tokenizer, data)``
-    a Trainer with peftkit's guards (``guards.guarded``) and ``training.run_callbacks``.
+    a Trainer composed by ``peftkit.trainer.trainer.build_trainer`` (peftkit's layers, their state given in a
+    ``TrainerSetup``) with ``trainer.loop.run_callbacks``.
 ``training_facts(trainer) -> dict``
     what the task measured while training, said to the user and added to ``train_summary.json``.
 ``evaluate(recipe, trainer, data) -> dict``

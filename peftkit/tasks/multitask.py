@@ -31,12 +31,12 @@ from peftkit.runs.layout import EVAL_REPORT_FILE, METRICS_FILE, TASKS_DIR
 from peftkit.tasks import causal
 from peftkit.tasks.cards import AGGREGATE_METRICS, evaluation_intro, fmt
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
+from peftkit.trainer.attention import attention_kernel
 from peftkit.trainer.lm_head import apply_recipe_choice
-from peftkit.trainer.loop import run_callbacks, set_guard_policy
+from peftkit.trainer.loop import run_callbacks
 from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
-from peftkit.trainer.speed import with_seeded_length_grouping
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
 PEFT_TASK_TYPE = CAUSAL_LM
 
@@ -102,18 +102,19 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     import datasets
     from trl import SFTTrainer
 
-    kernel = trainer_attention_kernel(recipe, args)
+    setup = setup_for(recipe, args)
     if args.packing or args.padding_free:  # check on each task's own tokens that packed sequences stay apart
-        with attention_kernel(kernel, args.device.type):  # under the kernel training will use
+        with attention_kernel(setup.attention_kernel, args.device.type):  # under the kernel training will use
             for task in data.prepared["tasks"].values():
                 check_packing_exact(model, tokenizer, task.prepared["encoder"], task.prepared["causal"], recipe)
-    trainer = guarded(with_attention_kernel(with_seeded_length_grouping(SFTTrainer), kernel))(
+    trainer = build_trainer_of(
+        SFTTrainer, setup,
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
-    return set_guard_policy(trainer, recipe)
+    return trainer
 
 
 def training_facts(trainer) -> dict[str, Any]:

@@ -41,13 +41,6 @@ def run_callbacks(recipe: Recipe) -> list:
     return [MarkCompleteCheckpoints(keep=recipe.train.get("save_total_limit")), StopOnSignal()]
 
 
-def set_guard_policy(trainer, recipe: Recipe):
-    """What the non-finite loss guard does: the recipe's safety section."""
-    trainer.nonfinite_policy = recipe.safety.on_nonfinite_loss
-    trainer.max_skipped_batches = recipe.safety.max_skipped_batches
-    return trainer
-
-
 def train_until_done_or_signalled(trainer, checkpoint: str | None, recipe: Recipe):
     """trainer.train(), stopping at the end of a step with a saved checkpoint on SIGTERM/SIGINT."""
     if checkpoint is not None and training_finished_at(checkpoint):

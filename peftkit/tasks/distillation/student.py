@@ -109,8 +109,8 @@ def load_int8_student(folder: str | Path):
     model = quantize_int8(model, per_channel=per_channel)
     modules = quantized_linears(model)
     if set(modules) != linear:
-        raise RuntimeError(f"{folder / STUDENT_INT8_WEIGHTS_FILE}: int8 layers {sorted(linear ^ set(modules))[:5]} do not match "
-                           "the model built from config.json")
+        raise RuntimeError(f"{folder / STUDENT_INT8_WEIGHTS_FILE}: int8 layers {sorted(linear ^ set(modules))[:5]} "
+                           "do not match the model built from config.json")
     for name, module in modules.items():
         scale, zero = tensors[f"{name}.scale"], tensors[f"{name}.zero_point"]
         ints = tensors[f"{name}.int8_weight"].float()
