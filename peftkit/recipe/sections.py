@@ -17,6 +17,8 @@ CAUSAL_TASKS = tuple(name for name, t in TRAITS.items() if not t.head and not t.
 """Tasks trained as one causal LM with ``trl.SFTTrainer`` (the recipe checks read their data as such)."""
 SFT_CONFIG_TASKS = tuple(name for name, t in TRAITS.items() if t.trainer_config == SFT_CONFIG)
 """Tasks whose ``train`` section is a ``trl.SFTConfig`` (multitask: several generative_classification tasks)."""
+CLASSIFICATION_FORMAT = "classification"
+"""data.format of labelled text (a text and a label column): what every labelled task reads."""
 SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
 # Attention implementations that keep packed (padding-free) sequences apart: every run re-checks it on its model.
 EXACT_PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")

@@ -107,7 +107,8 @@ FLOORS = (
     ("inference",),
     ("tasks",),
     ("run",),
-    ("init", "augment", "merge", "push", "serve", "sweep"),  # the command folders (later: auto, report)
+    ("init", "augment", "merge", "push", "serve", "sweep"),  # the command folders (later: report)
+    ("auto",),  # a command built on two others: init's recipe writer and sweep's study
     ("cli",),
     ("__main__",),
 )
