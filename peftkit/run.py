@@ -14,7 +14,6 @@ from typing import Any
 
 from peftkit.core.atomic import write_json_atomic
 from peftkit.core.console import say, set_stage
-from peftkit.data.classification import format_report, load_classification_data
 from peftkit.model.adapter import attach_adapter, parameter_counts, save_adapter
 from peftkit.model.base import load_tokenizer, local_path, resolve_model_source
 from peftkit.model.check import (
@@ -24,7 +23,7 @@ from peftkit.model.check import (
 )
 from peftkit.model.quantize import prepare_for_training
 from peftkit.model.transfer import check_init_from
-from peftkit.recipe import CAUSAL_TASKS, Recipe, checkpointing_enabled
+from peftkit.recipe import Recipe, checkpointing_enabled
 from peftkit.runs.folder import (
     finish_run_folder,
     open_run_dir,
@@ -137,18 +136,7 @@ def evaluate_saved_run(run_dir: str | Path, data_file: str | None = None) -> dic
 def check_recipe_inputs(recipe: Recipe) -> str:
     """Raise PeftkitError on the first problem; return a short summary when all is well."""
     source = resolve_model_source(recipe.model)
-    if recipe.task == "multitask":  # each task audited as its own generative_classification recipe
-        from peftkit.tasks.multitask import sub_recipe
-
-        data_report, labels = "\n".join(f"task {t.name}: {audit_causal_data(sub_recipe(recipe, i))}"
-                                         for i, t in enumerate(recipe.tasks)), None
-    elif recipe.task in CAUSAL_TASKS:
-        data_report, labels = audit_causal_data(recipe), None
-    else:
-        data = load_classification_data(recipe.data, recipe.seed)
-        data_report, labels = format_report(data), len(data.label_names)
-        if recipe.task == "distillation":
-            data_report += "\n" + check_distillation_inputs(recipe, data.label_names)
+    data_report, labels = task_for(recipe.task).check_inputs(recipe)  # the data, read as the task's training reads it
     # the model built from its config on the meta device: target modules, positions, weights vs config
     check_recipe_against_model(recipe, checkable_folder(recipe), labels)
     check_init_from(recipe)
@@ -161,41 +149,3 @@ def check_recipe_inputs(recipe: Recipe) -> str:
         data_report,
         f"output_dir: {recipe.output_dir}",
     ])
-
-
-def check_distillation_inputs(recipe: Recipe, label_names: list[str]) -> str:
-    """The teacher run folder (a classification run with these labels) and the unlabelled file's text column."""
-    from peftkit.inference.teacher import open_teacher
-    from peftkit.tasks.distillation import read_unlabelled
-
-    teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, label_names, "distill.teacher")
-    unlabelled = read_unlabelled(recipe)
-    return (f"teacher: {teacher_dir} ({teacher_recipe.task}); unlabelled: {len(unlabelled)} rows"
-            + (f" from {recipe.distill.unlabelled_file}" if unlabelled else ""))
-
-
-def audit_causal_data(recipe: Recipe) -> str:
-    """Causal-LM data read and tokenized as training will (the tokenizer, not the model): what truncation drops."""
-    from peftkit.data.causal import format_causal_report, load_causal_data
-    from peftkit.data.causal_encode import prepare_examples, truncation_length
-    from peftkit.model.base import load_tokenizer
-
-    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
-    tokenizer = load_tokenizer(recipe.model)
-    prepare_examples(recipe, tokenizer, causal)
-    report = format_causal_report(causal, truncation_length(recipe))
-    if causal.label_words:
-        report += "\n" + label_word_tokens(tokenizer, causal.label_names, causal.label_words)
-    return report
-
-
-def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
-    """How many tokens each label word is (label scoring sums their log-probabilities: see
-    peftkit/evaluation/causal.py)."""
-    counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
-    line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
-                                             zip(label_names, label_words, counts))
-    if len(set(counts)) > 1:
-        line += (" (lengths differ: evaluate.label_score says how they are made comparable: sum, mean or "
-                 "calibrated; see recipes/README.md)")
-    return line

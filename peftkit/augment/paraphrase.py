@@ -22,13 +22,14 @@ BATCH = 8
 def load_paraphraser(name: str):
     """(tokenizer, model, short name): a peftkit causal-LM run folder, or any causal LM."""
     from peftkit.model.base import load_causal_lm, load_tokenizer, load_trained_causal_lm
-    from peftkit.recipe import CAUSAL_TASKS, ModelSection, QuantizationSection
+    from peftkit.recipe import ModelSection, QuantizationSection
+    from peftkit.recipe.task_traits import traits_of
     from peftkit.runs.layout import RECIPE_FILE
     from peftkit.runs.read import load_run
 
     if (Path(name) / RECIPE_FILE).is_file():
         run_dir, recipe = load_run(name)
-        if recipe.task in CAUSAL_TASKS:
+        if traits_of(recipe.task).generates:
             tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
             return tokenizer, model, run_dir.name
     model_section = ModelSection(name_or_path=name)

@@ -21,9 +21,11 @@ from typing import Any
 
 from peftkit.core.console import say
 from peftkit.errors import PeftkitError
+from peftkit.recipe.task_traits import classifier_task, tasks_where, traits_of
 
 DEFAULT_MODELS = ("packaged:all-minilm-l6-v2", "packaged:smollm2-135m-instruct")
-METHOD_NAMES = {"classification": "head", "generative_classification": "generative"}
+METHOD_NAMES = {task: "head" if traits_of(task).head else "generative" for task in tasks_where("init_writes")}
+"""The short name of each method (the task init writes) in an arm's name: 'minilm/head', 'smollm2/generative'."""
 RANKS = [4, 8, 16, 32]
 BATCH_SIZES = [8, 16, 32]
 LR_RANGE = (0.2, 3.0)
@@ -55,7 +57,8 @@ class Arm:
 def methods_of(model: str) -> list[str]:
     from peftkit.init.recipe_writer import is_causal_lm
 
-    return ["generative_classification", "classification"] if is_causal_lm(model) else ["classification"]
+    head = classifier_task(causal=False)  # a head works on a causal LM too; label words need one
+    return [classifier_task(causal=True), head] if is_causal_lm(model) else [head]
 
 
 def arm_names(models: list[str]) -> list[tuple[str, str, str]]:

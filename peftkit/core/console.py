@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from peftkit.core.launch import is_main_process
 
 _stage = ["loading"]
 
 
 def say(message: str) -> None:
     """Progress for the person at the terminal, from the main process only."""
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         print(message, flush=True)
 
 

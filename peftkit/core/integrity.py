@@ -20,6 +20,8 @@ from peftkit.errors import PeftkitError
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model", "tekken.json", "vocab.model")
 TORCH_PICKLES = (".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
+"""Weight files that are pickles (they can run code when loaded): refused unless model.allow_pickle."""
 
 
 def read_json_file(path: Path, advice: str = "") -> Any:

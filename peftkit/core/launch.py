@@ -6,6 +6,7 @@ consulted only when torch.distributed is already loaded (before that, no group c
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -56,6 +57,41 @@ def is_main_process() -> bool:
     if dist is not None:
         return dist.get_rank() == 0
     return (first_env_int(RANK_VARS) or 0) == 0
+
+
+def local_rank() -> int:
+    """This process's index on its machine (which GPU is its own); 0 when not launched by a launcher."""
+    return first_env_int(("LOCAL_RANK",)) or 0
+
+
+def deepspeed_zero_stage() -> int | None:
+    """ZeRO stage of an accelerate DeepSpeed launch: from the accelerate config, else its DeepSpeed JSON file."""
+    stage = first_env_int(("ACCELERATE_DEEPSPEED_ZERO_STAGE",))
+    if stage is not None:
+        return stage
+    config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not config_file:
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        stage_value = json.load(handle).get("zero_optimization", {}).get("stage")
+    return int(stage_value) if str(stage_value).isdigit() else None
+
+
+def quant_storage_dtype_for_launch(compute_dtype):
+    """The ``bnb_4bit_quant_storage`` dtype QLoRA needs under this launch: ``compute_dtype`` or None.
+
+    FSDP and DeepSpeed ZeRO-3 shard parameters and can only flatten/shard floating tensors of one dtype;
+    4-bit weights stored as uint8 (the bitsandbytes default) cannot be sharded together with the bf16/fp16
+    ones. Storing the packed 4-bit data in the compute dtype makes every parameter the same float dtype.
+    DDP and ZeRO-1/2 keep whole parameters on each rank, so the default storage is right there (None).
+    The mode is read from the variables ``accelerate launch`` sets (``ACCELERATE_USE_FSDP``,
+    ``ACCELERATE_USE_DEEPSPEED`` with ``ACCELERATE_DEEPSPEED_ZERO_STAGE`` or the DeepSpeed JSON file).
+    """
+    if env_flag("ACCELERATE_USE_FSDP"):
+        return compute_dtype
+    if env_flag("ACCELERATE_USE_DEEPSPEED") and deepspeed_zero_stage() == 3:
+        return compute_dtype
+    return None
 
 
 def _process_group():

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from peftkit.core.launch import is_main_process
+
 T = TypeVar("T")
 R = TypeVar("R")
 PLAIN_EVERY_FRACTION = 0.1
@@ -31,10 +33,6 @@ def stderr_is_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stderr
         return False
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", 0)) == 0
 
 
 class PlainProgress:

@@ -28,6 +28,7 @@ from peftkit.data.classification import (
 from peftkit.data.files import required_columns
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection
+from peftkit.recipe.task_traits import traits_of
 
 DEFAULT_CLASSIFICATION_PROMPT = "{text}\nLabel:"
 # Stanford Alpaca's two prompts (github.com/tatsu-lab/stanford_alpaca), chosen by whether `input` is empty.
@@ -103,7 +104,7 @@ def load_causal_data(data: DataSection, task: str, seed: int, eval_file: str | N
 
     ``eval_file`` replaces the recipe's eval split (``peftkit evaluate --data FILE``).
     """
-    if task == "generative_classification":
+    if traits_of(task).label_words:
         return load_generative_classification(data, seed, eval_file)
     raw = read_raw_splits(data, eval_file)
     splits: dict[str, dict[str, list]] = {}

@@ -24,6 +24,7 @@ from peftkit.data.causal import (
 )
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection, Recipe
+from peftkit.recipe.task_traits import traits_of
 
 
 def fit_classification_prompts(causal: CausalData, data: DataSection, tokenizer, max_length: int,
@@ -260,7 +261,7 @@ def prepare_examples(recipe: Recipe, tokenizer, causal: CausalData) -> Encoder:
     Returns the Encoder that tokenizes as training does."""
     apply_tokenizer_settings(tokenizer, recipe.train)
     encoder = encoder_for(recipe, tokenizer)
-    if recipe.task == "generative_classification":
+    if traits_of(recipe.task).label_words:
         fit_classification_prompts(causal, recipe.data, tokenizer, recipe.data.max_length, encoder)
     audit(causal, encoder, truncation_length(recipe), recipe.data.max_dropped_fraction)
     return encoder

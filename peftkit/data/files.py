@@ -12,6 +12,7 @@ from typing import Any
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection
+from peftkit.recipe.sections import CLASSIFICATION_FORMAT
 
 LOCAL_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 BUILTIN_PREFIX = "builtin:"
@@ -190,7 +191,7 @@ def required_columns(data: DataSection) -> list[tuple[str, str]]:
             return []
         return [(name, key) for _, name, _, _ in string.Formatter().parse(template) if name]
 
-    if data.format == "classification":
+    if data.format == CLASSIFICATION_FORMAT:
         return [(data.text_column, "data.text_column"), (data.label_column, "data.label_column")]
     if data.format == "text":
         return [(data.text_column, "data.text_column")]

@@ -1,4 +1,5 @@
-"""Metrics of a classifier, evaluation of causal-LM runs, and label words scored after prompts.
+"""Metrics of a classifier (and the folder `peftkit evaluate --data FILE` writes them to), evaluation of causal-LM
+runs, and label words scored after prompts.
 
 Imports: `core`, `recipe`, `runs`, `data`, `model`, `errors`.
 """

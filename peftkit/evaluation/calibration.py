@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from peftkit.runs.layout import CALIBRATION_FILE
+
 BINS = 10
-CALIBRATION_FILE = "calibration.json"
 
 
 def negative_log_likelihood(logits, labels, temperature: float) -> float:

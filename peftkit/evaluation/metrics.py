@@ -11,14 +11,28 @@ from peftkit.core.atomic import write_json_atomic, write_text_atomic
 from peftkit.evaluation.calibration import CALIBRATION_FILE
 from peftkit.evaluation.confusion import FULL_MATRIX_MAX, plot_confusion_matrix, top_confusions
 from peftkit.evaluation.predictions import PREDICTIONS_KEY, reliability, write_predictions
+from peftkit.runs.layout import CONFUSION_MATRIX_FILE, EVAL_REPORT_FILE, METRICS_FILE
 
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "eval_report.txt"
-CONFUSION_PNG = "confusion_matrix.png"
 WORST_SHOWN = 10
 PAIRS_SHOWN = 10
 PAIRS_IN_FILE = 30
 NAMES_IN_WARNING = 20
+
+
+
+def evaluation_dir(run_dir: Path, data_file: str | None) -> Path:
+    """Where `peftkit evaluate` writes: the run folder for its own eval split; for --data FILE a folder named by
+    the file's stem and a short hash of its resolved path, so two different files named test.csv never overwrite
+    each other's results (evaluating the same file again replaces its own)."""
+    import hashlib
+
+    from peftkit.data.files import resolve_data_path
+
+    if data_file is None:
+        return Path(run_dir)
+    path = resolve_data_path(data_file)
+    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
+    return Path(run_dir) / f"eval-{path.stem}-{digest}"
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], label_names: list[str]) -> dict[str, Any]:
@@ -139,5 +153,5 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> None:
     if "temperature" in metrics.get("calibration", {}):  # saved with the run for the inference paths
         write_json_atomic(out_dir / CALIBRATION_FILE, metrics["calibration"])
     write_json_atomic(out_dir / METRICS_FILE, metrics)
-    write_text_atomic(out_dir / REPORT_FILE, format_metrics(metrics, every_class=True) + "\n")
-    plot_confusion_matrix(metrics, out_dir / CONFUSION_PNG)
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, format_metrics(metrics, every_class=True) + "\n")
+    plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_FILE)

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.atomic import write_text_atomic
+from peftkit.runs.layout import EVAL_PREDICTIONS_FILE as PREDICTIONS_FILE
 
-PREDICTIONS_FILE = "eval_predictions.jsonl"
 PREDICTIONS_KEY = "predictions"
 """The key of the metrics dict that carries the records until write_metrics moves them to PREDICTIONS_FILE."""
 TOP_K = 3

@@ -20,7 +20,7 @@ from peftkit.data.causal_encode import apply_tokenizer_settings, encoder_for
 from peftkit.errors import PeftkitError
 from peftkit.evaluation.calibration import saved_temperature
 from peftkit.model.base import load_causal_lm, load_classifier, load_tokenizer
-from peftkit.recipe import CAUSAL_TASKS
+from peftkit.recipe.task_traits import TaskTraits, tasks_where, traits_of
 from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE
 from peftkit.runs.read import label_names_of, load_run, refuse_multitask
 
@@ -65,12 +65,16 @@ class ServedRun:
         return self.recipe.task
 
     @property
+    def traits(self) -> TaskTraits:
+        return traits_of(self.task)
+
+    @property
     def classifies(self) -> bool:
-        return self.task in ("classification", "generative_classification")
+        return self.traits.labelled
 
     @property
     def generates(self) -> bool:
-        return self.task in CAUSAL_TASKS
+        return self.traits.generates
 
     @property
     def max_length(self) -> int:
@@ -103,6 +107,9 @@ def open_runs(run_args: list[str]) -> list[ServedRun]:
             raise PeftkitError(f"two runs are named {name!r}; name them apart with NAME=RUN_DIR")
         run_dir, recipe = load_run(path)
         refuse_multitask(run_dir, recipe, "serve")
+        if not traits_of(recipe.task).servable:
+            raise PeftkitError(f"{run_dir} is a task: {recipe.task} run; peftkit serve answers for runs of task "
+                               f"{', '.join(tasks_where('servable'))}")
         run = ServedRun(name=name, run_dir=run_dir, recipe=recipe, adapter=f"run{i}")
         if run.classifies:
             if not (run_dir / LABEL_MAP_FILE).is_file():
@@ -116,7 +123,7 @@ def open_runs(run_args: list[str]) -> list[ServedRun]:
 def base_key(run: ServedRun) -> tuple:
     """Runs with equal keys can share one base model in memory."""
     recipe = run.recipe
-    head = recipe.task == "classification"
+    head = run.traits.head
     model = dataclasses.asdict(recipe.model)
     quant = dataclasses.asdict(recipe.quantization)
     return (head, repr(sorted(model.items())), repr(sorted(quant.items())), len(run.labels) if head else None)
@@ -151,7 +158,7 @@ def load_group(group: BaseGroup) -> None:
 
     for run in group.runs:
         run.tokenizer = load_tokenizer(run.recipe.model, str(run.run_dir / ADAPTER_DIR))
-        if run.task != "classification":
+        if not run.traits.head:
             apply_tokenizer_settings(run.tokenizer, run.recipe.train)
     first = group.runs[0]
     check_same_tokenizers(group)
@@ -173,7 +180,7 @@ def load_group(group: BaseGroup) -> None:
     group.pad_token_id = first.tokenizer.pad_token_id
     group.padding_side = first.tokenizer.padding_side
     for run in group.runs:
-        if run.task == "generative_classification":
+        if run.traits.label_words:
             run.label_words = resolve_label_words(run.recipe.data, run.labels)
             run.encoder = encoder_for(run.recipe, run.tokenizer)
 

@@ -19,12 +19,9 @@ from pathlib import Path
 
 from peftkit.core.console import say
 from peftkit.errors import PeftkitError
-from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE, RECIPE_FILE
+from peftkit.recipe.task_traits import tasks_where, traits_of
+from peftkit.runs.layout import ADAPTER_DIR, ADAPTER_WEIGHTS_FILE, LABEL_MAP_FILE, RECIPE_FILE
 from peftkit.runs.read import label_names_of, load_run
-
-SOFT_LABELS_FILE = "teacher_soft_labels.safetensors"
-HEAD_TASKS = ("classification", "distillation")
-TEACHER_TASKS = (*HEAD_TASKS, "generative_classification")
 
 
 def open_teacher(path: str | os.PathLike, label_names: list[str] | None, field: str):
@@ -40,9 +37,9 @@ def open_teacher(path: str | os.PathLike, label_names: list[str] | None, field: 
         run_dir, recipe = load_run(folder)
     except PeftkitError as e:
         raise PeftkitError(f"{field}: {e}") from None
-    if recipe.task not in TEACHER_TASKS:
+    if not traits_of(recipe.task).teacher:
         raise PeftkitError(f"{field}: {run_dir} is a run of task {recipe.task}; a teacher must be a classification "
-                           f"run ({', '.join(TEACHER_TASKS)})")
+                           f"run ({', '.join(tasks_where('teacher'))})")
     if not (run_dir / LABEL_MAP_FILE).is_file():
         raise PeftkitError(f"{field}: {run_dir} has no {LABEL_MAP_FILE}; did its train run finish?")
     labels = label_names_of(run_dir)
@@ -56,7 +53,7 @@ def open_teacher(path: str | os.PathLike, label_names: list[str] | None, field: 
 def fingerprint(run_dir: Path, texts: Sequence[str]) -> str:
     """sha256 of what the soft labels depend on: the teacher's weights, recipe and labels, and the texts in order."""
     digest = hashlib.sha256()
-    for name in (f"{ADAPTER_DIR}/adapter_model.safetensors", RECIPE_FILE, LABEL_MAP_FILE):
+    for name in (f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS_FILE}", RECIPE_FILE, LABEL_MAP_FILE):
         path = run_dir / name
         digest.update(name.encode())
         if path.is_file():
@@ -77,7 +74,7 @@ def load_teacher(run_dir: Path, recipe, batch_size: int = 32):
     """The teacher loaded once: a function texts -> float32 tensor of label probabilities."""
     import torch
 
-    if recipe.task in HEAD_TASKS:
+    if traits_of(recipe.task).head:
         from peftkit.model.base import load_trained_classifier
 
         tokenizer, model = load_trained_classifier(run_dir, recipe.model, recipe.quantization, label_names_of(run_dir))

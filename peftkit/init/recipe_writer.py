@@ -49,6 +49,7 @@ import yaml
 
 from peftkit.errors import PeftkitError
 from peftkit.init.detect import DELIMITER_NAMES, Profile, check_eval_file, detect_layout, profile, value
+from peftkit.recipe.task_traits import classifier_task, traits_of
 
 DEFAULT_MODEL = "packaged:all-minilm-l6-v2"
 ENCODER_TYPES = ("bert", "roberta", "deberta", "deberta-v2", "distilbert", "electra", "xlm-roberta", "albert",
@@ -196,17 +197,17 @@ def init_recipe(data_file: str, eval_file: str | None = None, model: str = DEFAU
 
     causal = is_causal_lm(model)
     if task == "auto":
-        task = "generative_classification" if causal else "classification"
-    if task == "generative_classification" and not causal:
-        raise PeftkitError(f"--task generative_classification needs a causal LM (e.g. packaged:smollm2-135m-instruct); "
-                           f"{model} is an encoder: use --task classification")
-    if task == "classification" and causal:
-        pass  # a head on a causal LM works (AutoModelForSequenceClassification), as in recipes/sst2/smollm2_lora_cls
+        task = classifier_task(causal)
+    # a head on a causal LM works (AutoModelForSequenceClassification), as in recipes/sst2/smollm2_lora_cls; label
+    # words on an encoder do not
+    if traits_of(task).label_words and not causal:
+        raise PeftkitError(f"--task {task} needs a causal LM (e.g. packaged:smollm2-135m-instruct); "
+                           f"{model} is an encoder: use --task {classifier_task(causal=False)}")
     tokenizer = load_init_tokenizer(model)
     texts = [value(r.get(prof.text_column)) for r in prof.rows if value(r.get(prof.text_column))]
     words, word_tokens = ({}, {})
     extra = 0
-    if task == "generative_classification":
+    if traits_of(task).label_words:
         words, word_tokens = choose_label_words(prof.label_names, tokenizer)
         extra = len(tokenizer("\nLabel:", add_special_tokens=False)["input_ids"]) + max(word_tokens.values()) + 1
     max_length, longest = token_length(texts, tokenizer, extra, seed)
@@ -261,7 +262,7 @@ def wrapped_list(key: str, values: list[str], width: int = 116) -> list[str]:
 def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, words, word_tokens, max_length, longest,
            plan: TrainingPlan, run_name, command, flags, data_file) -> str:
     layout = prof.layout
-    generative = task == "generative_classification"
+    generative = traits_of(task).label_words
     counts = class_counts_line(prof)
     lines = [
         f"# {command}",

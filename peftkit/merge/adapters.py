@@ -27,14 +27,21 @@ from peftkit.core.console import say
 from peftkit.errors import PeftkitError
 from peftkit.recipe import DataSection, Recipe, validate
 from peftkit.recipe.sections import SubTask
+from peftkit.recipe.task_traits import MULTITASK, tasks_where, traits_of
 from peftkit.runs.folder import save_run_files
-from peftkit.runs.layout import ADAPTER_DIR
+from peftkit.runs.layout import (
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS_FILE,
+    MERGE_REPORT_FILE,
+    MERGE_REPORT_MARKDOWN_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+)
 from peftkit.runs.read import load_run
 
 METHODS = ("linear", "cat", "ties", "dare_linear", "dare_ties")
 PRUNING_METHODS = ("ties", "dare_linear", "dare_ties")
 DEFAULT_DENSITY = 0.5
-REPORT = "merge_report"
 
 
 def merge_adapters(run_dirs: Sequence[str], out: str, method: str, weights: Sequence[float] | None = None,
@@ -73,12 +80,14 @@ def check_request(sources, method: str, weights, density, out: Path) -> tuple[li
     if len(sources) < 2:
         raise PeftkitError("merge-adapters needs two or more run folders")
     for run_dir, recipe in sources:
-        if recipe.task not in ("generative_classification", "multitask"):
+        traits = traits_of(recipe.task)
+        if not traits.adapters_mergeable:
             why = ("its classification head is its own (sized to its labels); PEFT cannot merge heads and an "
-                   "averaged head would mean nothing" if recipe.task == "classification" else
-                   "an sft run has no per-task evaluation to compare")
+                   "averaged head would mean nothing" if traits.head else
+                   f"an {recipe.task} run has no per-task evaluation to compare")
+            first_kind, *others = tasks_where("adapters_mergeable")
             raise PeftkitError(f"{run_dir} is a task: {recipe.task} run: merge-adapters merges "
-                               f"generative_classification (and multitask) runs; {why}")
+                               f"{first_kind} (and {', '.join(others)}) runs; {why}")
     first_dir, first = sources[0]
     for run_dir, recipe in sources[1:]:
         for key in ("name_or_path", "revision"):
@@ -106,7 +115,7 @@ def check_request(sources, method: str, weights, density, out: Path) -> tuple[li
 
 def source_tasks(run_dir: Path, recipe: Recipe) -> list[SubTask]:
     """The tasks a source run was trained on: a multitask run's list, or one task named after its folder."""
-    if recipe.task == "multitask":
+    if traits_of(recipe.task).subtasks:
         return list(recipe.tasks)
     return [SubTask(name=run_dir.resolve().name, data=recipe.data)]
 
@@ -121,7 +130,7 @@ def merged_recipe(sources, out: Path) -> Recipe:
     first = sources[0][1]
     train = {k: v for k, v in first.train.items() if k not in ("load_best_model_at_end", "metric_for_best_model")}
     recipe = dataclasses.replace(
-        first, task="multitask", output_dir=str(out), tasks=tasks, source=str(out / "recipe.yaml"),
+        first, task=MULTITASK, output_dir=str(out), tasks=tasks, source=str(out / RECIPE_FILE),
         adapter=dataclasses.replace(first.adapter, init_from=None),
         data=DataSection(max_length=max(t.data.max_length for t in tasks)),
         train=train | {"eval_strategy": "no"}, selection=type(first.selection)())
@@ -142,7 +151,7 @@ def save_merged(net, tokenizer, recipe: Recipe, out: Path) -> None:
         config = net.peft_config["merged"]
         config.save_pretrained(str(adapter))
         state = get_peft_model_state_dict(net, adapter_name="merged")
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(adapter / "adapter_model.safetensors"),
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(adapter / ADAPTER_WEIGHTS_FILE),
                   metadata={"format": "pt"})
         tokenizer.save_pretrained(str(adapter))
         save_run_files(stage, recipe, None)
@@ -159,9 +168,9 @@ def evaluate_and_report(recipe: Recipe, tokenizer, model, sources, out: Path, ho
     say(multitask.save_metrics(out, metrics))
     report = {"merge": how, "sources": [str(d) for d, _ in sources], "tasks": compare(recipe, metrics, sources),
               "mean_merged": {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}}
-    write_json_atomic(out / f"{REPORT}.json", report)
+    write_json_atomic(out / MERGE_REPORT_FILE, report)
     text = report_markdown(report)
-    write_text_atomic(out / f"{REPORT}.md", text)
+    write_text_atomic(out / MERGE_REPORT_MARKDOWN_FILE, text)
     say(text)
     return report
 
@@ -172,11 +181,12 @@ def compare(recipe: Recipe, metrics: dict[str, Any], sources) -> dict[str, Any]:
     rows = {}
     names = iter(t.name for t in recipe.tasks)
     for run_dir, source in sources:
-        saved = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+        metrics_file = run_dir / METRICS_FILE
+        saved = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         for task in source_tasks(run_dir, source):
             name = next(names)
             merged = metrics["tasks"][name]
-            own = saved.get("tasks", {}).get(task.name) if source.task == "multitask" else saved
+            own = saved.get("tasks", {}).get(task.name) if traits_of(source.task).subtasks else saved
             row = {"source_run": str(run_dir), "eval_file": merged.get("data_file"), "examples": merged["num_examples"],
                    "merged_accuracy": merged["accuracy"], "merged_macro_f1": merged["macro_f1"]}
             same_rows = source.seed == recipe.seed and own and own.get("data_file") == merged.get("data_file")

@@ -14,11 +14,12 @@ from peftkit import __version__
 from peftkit.core.progress import with_progress
 from peftkit.errors import PeftkitError
 from peftkit.recipe import MergeSection, QuantizationSection, Recipe
+from peftkit.recipe.task_traits import tasks_where, traits_of
+from peftkit.runs.layout import MERGE_REPORT_FILE
 
 if TYPE_CHECKING:
     import torch
 
-REPORT_FILE = "merge_report.json"
 ACCURACY_EPSILON = 1e-9  # float noise in accuracy differences, far below one example in any sample
 
 
@@ -51,10 +52,10 @@ class Drift:
 
 def verification_sample(recipe: Recipe, labels: list[str], limit: int | None) -> Sample:
     """A seeded random subset of the run's eval split (the same rows on every merge of the run)."""
-    if recipe.task != "classification":
+    if not traits_of(recipe.task).mergeable:
         # Causal-LM tasks: the one missing branch (texts from the SFT eval split, logits per completion token).
-        raise PeftkitError(f"peftkit merge verifies task 'classification' only; task {recipe.task!r} is not "
-                           "supported yet")
+        verified = " and ".join(map(repr, tasks_where("mergeable")))
+        raise PeftkitError(f"peftkit merge verifies task {verified} only; task {recipe.task!r} is not supported yet")
     from peftkit.data.classification import load_classification_data
 
     data_section = dataclasses.replace(recipe.data, label_names=labels)
@@ -123,7 +124,7 @@ def check_quality(report: dict[str, Any], run_dir: Path) -> None:
         f"merge failed verification: accuracy {v['adapter_model']['accuracy']:.4f} -> "
         f"{v['merged_model']['accuracy']:.4f} (drop {v['accuracy_drop']:.4f} > allowed "
         f"{v['max_accuracy_drop']:.4f}) on {v['samples']} eval rows. The merged model was not put in place "
-        f"({report['out_dir']} is unchanged); details in {run_dir / REPORT_FILE}. Try --base dequantized or --dtype fp32, or allow more with "
+        f"({report['out_dir']} is unchanged); details in {run_dir / MERGE_REPORT_FILE}. Try --base dequantized or --dtype fp32, or allow more with "
         "merge.max_accuracy_drop in the recipe (--max-accuracy-drop)")
 
 

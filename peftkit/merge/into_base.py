@@ -23,7 +23,6 @@ from typing import Any
 from peftkit.core.atomic import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.errors import PeftkitError
 from peftkit.merge.check import (
-    REPORT_FILE,
     Sample,
     build_report,
     check_quality,
@@ -36,10 +35,10 @@ from peftkit.merge.check import (
     verification_sample,
 )
 from peftkit.recipe import MergeSection, QuantizationSection, Recipe
-from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE
+from peftkit.recipe.task_traits import traits_of
+from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE, MERGE_REPORT_FILE, MERGED_DIR
 from peftkit.runs.read import label_names_of, load_run, refuse_multitask
 
-MERGED_DIR = "merged"
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16",
                  "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 ALL_ROWS = "all"
@@ -89,10 +88,10 @@ def merge_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, 
         final = compare(reference, predict_logits(load_merged(staging, recipe.task), batches), sample, labels)
         report = build_report(run_dir, out_dir, recipe, settings, sample, chosen, candidates, reference_scores,
                               final, weight_files, started)
-        write_json_atomic(run_dir / REPORT_FILE, report)
+        write_json_atomic(run_dir / MERGE_REPORT_FILE, report)
         say(format_report(report))
         check_quality(report, run_dir)
-        write_json_atomic(staging / REPORT_FILE, report)
+        write_json_atomic(staging / MERGE_REPORT_FILE, report)
         replace_dir_atomic(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -151,7 +150,7 @@ def check_out_dir(out_dir: Path, run_dir: Path) -> Path:
                            f"choose a new folder (default: {run_dir / MERGED_DIR})")
     if out_dir.is_file():
         raise PeftkitError(f"--out {out_dir} is a file; give a folder")
-    earlier_merge = (out_dir / REPORT_FILE).is_file() and (out_dir / "config.json").is_file()
+    earlier_merge = (out_dir / MERGE_REPORT_FILE).is_file() and (out_dir / "config.json").is_file()
     if out_dir.is_dir() and any(out_dir.iterdir()) and not earlier_merge:
         raise PeftkitError(f"--out {out_dir} exists and is not an earlier peftkit merge; it would be replaced. "
                            "Choose an empty or new folder")
@@ -169,7 +168,7 @@ def load_adapter_model(run_dir: Path, recipe: Recipe, labels: list[str]):
 
     from peftkit.model.base import load_tokenizer
 
-    if recipe.task == "classification":
+    if traits_of(recipe.task).head:
         from peftkit.model.base import load_trained_classifier
 
         return load_trained_classifier(run_dir, recipe.model, recipe.quantization, labels)
@@ -182,7 +181,7 @@ def load_base(recipe: Recipe, labels: list[str], tokenizer, *, quantized: bool):
     """The run's base model: quantized as the recipe says, or unquantized in float32 (the merge target)."""
     model = recipe.model if quantized else dataclasses.replace(recipe.model, dtype="float32")
     quant = recipe.quantization if quantized else QuantizationSection()
-    if recipe.task == "classification":
+    if traits_of(recipe.task).head:
         from peftkit.model.base import load_classifier
 
         return load_classifier(model, quant, labels, tokenizer)
@@ -282,7 +281,7 @@ def load_merged(folder: Path, task: str):
     """The merged model with plain transformers, as a user would load it; every weight must be in the files."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    cls = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    cls = AutoModelForSequenceClassification if traits_of(task).head else AutoModelForCausalLM
     net, info = cls.from_pretrained(folder, output_loading_info=True)
     missing = list(info.get("missing_keys") or [])
     unexpected = list(info.get("unexpected_keys") or [])

@@ -6,11 +6,13 @@ import os
 import re
 from pathlib import Path
 
+from peftkit.core.integrity import PICKLE_SUFFIXES
+from peftkit.core.launch import local_rank
 from peftkit.errors import PeftkitError
 from peftkit.recipe import ModelSection, QuantizationSection
+from peftkit.runs.layout import ADAPTER_DIR
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 
 
 def resolve_model_source(model: ModelSection) -> str:
@@ -92,21 +94,6 @@ def _auto_map_refs(auto_map) -> list[str]:
     return [ref.split("--")[-1] for ref in refs]  # "repo--module.Class" points at another repository's code
 
 
-def check_adapter_folder(adapter_dir: Path, model: ModelSection) -> None:
-    """A trained adapter must be safetensors; pickled adapter weights load only with model.allow_pickle: true."""
-    names = {p.name for p in adapter_dir.iterdir()} if adapter_dir.is_dir() else set()
-    if "adapter_model.safetensors" in names:
-        return
-    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
-    if pickles and not model.allow_pickle:
-        raise PeftkitError(f"{adapter_dir} has only pickle adapter weights ({', '.join(pickles[:3])}); pickles can "
-                           "run code when loaded. Convert them to adapter_model.safetensors, or set "
-                           "model.allow_pickle: true in the run's recipe.yaml if you trust the files")
-    if not pickles:
-        raise PeftkitError(f"{adapter_dir} has no adapter weights (adapter_model.safetensors); did the train run "
-                           "finish?")
-
-
 def local_path(model: ModelSection) -> str:
     """The folder or hub id from_pretrained gets; packaged models are converted/cached here."""
     from peftkit.model import packaged
@@ -176,7 +163,7 @@ def quantized_device_map():
     import torch
 
     if torch.cuda.is_available():
-        return {"": int(os.environ.get("LOCAL_RANK", 0))}
+        return {"": local_rank()}
     return {"": "cpu"}
 
 
@@ -212,7 +199,7 @@ def load_trained_classifier(run_dir: Path, model: ModelSection, quant: Quantizat
     """(tokenizer, base + trained adapter) from a run folder, ready for inference."""
     from peft import PeftModel
 
-    adapter_dir = Path(run_dir) / "adapter"
+    adapter_dir = Path(run_dir) / ADAPTER_DIR
     tokenizer = load_tokenizer(model, str(adapter_dir))
     base = load_classifier(model, quant, labels, tokenizer)
     net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
@@ -223,7 +210,7 @@ def load_trained_causal_lm(run_dir: Path, model: ModelSection, quant: Quantizati
     """(tokenizer, base causal LM + trained adapter) from a run folder, ready for scoring or generation."""
     from peft import PeftModel
 
-    adapter_dir = Path(run_dir) / "adapter"
+    adapter_dir = Path(run_dir) / ADAPTER_DIR
     tokenizer = load_tokenizer(model, str(adapter_dir))
     base = load_causal_lm(model, quant, tokenizer)
     net = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import PeftkitError
-from peftkit.recipe import CAUSAL_TASKS, Recipe
+from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import traits_of
 
 HEAD_NAMES = ("score", "classifier")
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -73,7 +74,7 @@ def meta_model(recipe: Recipe, config, num_labels: int | None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = copy.deepcopy(config)
-    causal = recipe.task in CAUSAL_TASKS  # classification and distillation students have a head
+    causal = not traits_of(recipe.task).head  # classification and distillation students have a head
     if not causal:
         config.num_labels = num_labels or len(recipe.data.label_names or ()) or 2
     cls = AutoModelForCausalLM if causal else AutoModelForSequenceClassification

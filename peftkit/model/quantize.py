@@ -103,7 +103,7 @@ def quantized_linear_weights(model):
 
 def quant_storage_for(quant: QuantizationSection):
     """FSDP and ZeRO-3 shard 4-bit weights only when they are stored in the compute dtype."""
-    from peftkit.trainer.launch import quant_storage_dtype_for_launch
+    from peftkit.core.launch import quant_storage_dtype_for_launch
 
     if not quant.load_in_4bit:
         return None

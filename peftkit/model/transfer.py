@@ -14,14 +14,12 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe
-from peftkit.runs.layout import ADAPTER_DIR, LABEL_MAP_FILE
+from peftkit.recipe.task_traits import traits_of
+from peftkit.runs.layout import ADAPTER_CONFIG_FILE, ADAPTER_DIR, ADAPTER_WEIGHTS_FILE, LABEL_MAP_FILE
 from peftkit.runs.read import label_names_of, load_run
 
 # Adapter settings that decide the shapes (and meaning) of the saved weights: they must be the source run's.
 SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "use_dora", "use_rslora")
-# What PEFT task type each peftkit task trains (kept here, not imported from peftkit.tasks: tasks import adapters).
-PEFT_TYPES = {"classification": "SEQ_CLS", "sft": "CAUSAL_LM", "generative_classification": "CAUSAL_LM",
-              "multitask": "CAUSAL_LM"}
 
 
 def check_init_from(recipe: Recipe, label_names: list[str] | None = None) -> None:
@@ -33,7 +31,7 @@ def check_init_from(recipe: Recipe, label_names: list[str] | None = None) -> Non
         run_dir, source = load_run(recipe.adapter.init_from)
     except PeftkitError as e:
         raise PeftkitError(f"{key}: {e}") from None
-    if not (run_dir / ADAPTER_DIR / "adapter_model.safetensors").is_file():
+    if not (run_dir / ADAPTER_DIR / ADAPTER_WEIGHTS_FILE).is_file():
         raise PeftkitError(f"{key}: the run's adapter has no adapter_model.safetensors; init_from loads safetensors "
                            "only")
     mine, theirs = recipe.model, source.model
@@ -41,9 +39,10 @@ def check_init_from(recipe: Recipe, label_names: list[str] | None = None) -> Non
         raise PeftkitError(f"{key} was trained on model.name_or_path {theirs.name_or_path!r} (revision "
                            f"{theirs.revision}), this recipe uses {mine.name_or_path!r} (revision {mine.revision}): an "
                            "adapter only fits the base it was trained on; use that base or start without init_from")
-    if PEFT_TYPES[source.task] != PEFT_TYPES[recipe.task]:
-        raise PeftkitError(f"{key} is a task: {source.task} run ({PEFT_TYPES[source.task]} adapter); this recipe's "
-                           f"task: {recipe.task} needs a {PEFT_TYPES[recipe.task]} adapter")
+    theirs_type, mine_type = traits_of(source.task).peft_task_type, traits_of(recipe.task).peft_task_type
+    if theirs_type != mine_type:
+        raise PeftkitError(f"{key} is a task: {source.task} run ({theirs_type} adapter); this recipe's "
+                           f"task: {recipe.task} needs a {mine_type} adapter")
     for field in SHAPE_KEYS:
         if getattr(recipe.adapter, field) != getattr(source.adapter, field):
             raise PeftkitError(f"'adapter.{field}' is {getattr(recipe.adapter, field)!r} but the init_from run's "
@@ -54,7 +53,7 @@ def check_init_from(recipe: Recipe, label_names: list[str] | None = None) -> Non
 
 def check_head_size(recipe: Recipe, run_dir: Path, label_names: list[str] | None, key: str) -> None:
     """A classification head is saved with the adapter: it only carries over to the same number of classes."""
-    if recipe.task != "classification" or label_names is None or not (run_dir / LABEL_MAP_FILE).is_file():
+    if not traits_of(recipe.task).head or label_names is None or not (run_dir / LABEL_MAP_FILE).is_file():
         return
     theirs = label_names_of(run_dir)
     if len(theirs) != len(label_names):
@@ -68,7 +67,7 @@ def load_for_training(model, init_from: str):
     from peft import PeftModel
 
     adapter_dir = Path(init_from) / ADAPTER_DIR
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
     net = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)  # safetensors: checked to be there, PEFT prefers it
     if not any(p.requires_grad for p in net.parameters()):
         raise PeftkitError(f"'adapter.init_from' {init_from}: no weight of the loaded adapter is trainable "

@@ -7,9 +7,7 @@ network: `ModelCard.validate()` posts to the hub, so validation is left to the h
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,75 +16,15 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from peftkit.errors import PeftkitError
-from peftkit.runs.read import read_run_recipe
+from peftkit.recipe.task_traits import DEFAULT_TASK
+from peftkit.runs.read import RunRecord, load_run_record
 from peftkit.tasks.cards import fmt as _fmt
 from peftkit.tasks.cards import is_number
 from peftkit.tasks.interface import TaskCard
 
-REQUIRED_RUN_FILES = ("recipe.yaml", "metrics.json", "train_summary.json")
-LABELLED_TASKS = ("classification", "generative_classification", "distillation")
-
 # Keys that may hold credentials (e.g. TrainingArguments.hub_token): never uploaded, never shown on a card.
 SECRET_KEYS = frozenset({"hub_token", "token", "hf_token", "use_auth_token", "api_key"})
 
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """The parts of a run folder that the card and the push read, loaded once."""
-
-    run_dir: Path
-    recipe: dict[str, Any]
-    metrics: dict[str, Any]
-    summary: dict[str, Any]
-    label_map: dict[str, Any]
-
-    @property
-    def labels(self) -> list[str]:
-        """Label names in class-id order (the order the classification head uses)."""
-        id2label = self.label_map.get("id2label", {})
-        return [id2label[key] for key in sorted(id2label, key=int)]
-
-    def section(self, name: str) -> dict[str, Any]:
-        """A recipe section as a dict; a missing or null section reads as empty."""
-        return self.recipe.get(name) or {}
-
-
-def load_run_record(run_dir: str | Path) -> RunRecord:
-    """Read a run folder, failing with one message that names every missing or unreadable file."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise PeftkitError(f"run folder {run_dir} does not exist (expected the output_dir of `peftkit train`)")
-    recipe_file = run_dir / "recipe.yaml"
-    recipe = read_run_recipe(recipe_file) if recipe_file.is_file() else {}
-    labelled = recipe.get("task", "classification") in LABELLED_TASKS  # an sft run has no label map
-    required = REQUIRED_RUN_FILES + (("label_map.json",) if labelled else ())
-    missing = [name for name in required if not (run_dir / name).is_file()]
-    if missing:
-        raise PeftkitError(
-            f"run folder {run_dir} is missing {', '.join(missing)}; "
-            "is it the output_dir of a finished `peftkit train` run?"
-        )
-    return RunRecord(
-        run_dir=run_dir,
-        recipe=recipe,
-        metrics=_read_mapping(run_dir / "metrics.json", json.loads),
-        summary=_read_mapping(run_dir / "train_summary.json", json.loads),
-        label_map=_read_mapping(run_dir / "label_map.json", json.loads) if labelled else {},
-    )
-
-
-def _read_mapping(path: Path, parse) -> dict[str, Any]:
-    """Parse a run file that must hold a mapping; a corrupt file is a user-fixable error, not a traceback."""
-    try:
-        value = parse(path.read_text(encoding="utf-8"))
-    except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PeftkitError(f"{path} is not valid {path.suffix.lstrip('.').upper()} ({first}): the file is damaged "
-                           "or was cut short") from None
-    if not isinstance(value, dict):
-        raise PeftkitError(f"{path} should hold a mapping at the top level, found {type(value).__name__}")
-    return value
 
 
 def looks_like_hub_id(name: Any) -> bool:
@@ -178,7 +116,7 @@ def build_model_card(
 
     run = load_run_record(run_dir)
     base_id, _ = resolve_base_hub_id(run, base_model_id)
-    task = task_for(run.recipe.get("task", "classification"))
+    task = task_for(run.recipe.get("task", DEFAULT_TASK))
     told = task.card(run, merged=merged, repo_id=repo_id, base_id=base_id)
     data = _card_data(run, told, merged=merged, repo_id=repo_id, base_id=base_id)
     body = _body(run, told, merged=merged, repo_id=repo_id, base_id=base_id)

@@ -8,7 +8,6 @@ the staging folder, the card or the run folder.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from peftkit import __version__
 from peftkit.errors import PeftkitError
+from peftkit.runs.layout import ADAPTER_CONFIG_FILE, ADAPTER_DIR, LABEL_MAP_FILE, MERGED_DIR, METRICS_FILE, RECIPE_FILE
+from peftkit.runs.read import load_run_record
 
 STAGING_DIRNAME = "push_staging"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -82,7 +83,7 @@ def push_run(
     `endpoint` defaults to $HF_ENDPOINT, then https://huggingface.co.
     """
     # lazily, here and below: card imports torch, and `peftkit CMD --help` must not
-    from peftkit.push.card import load_run_record, resolve_base_hub_id
+    from peftkit.push.card import resolve_base_hub_id
 
     run_dir = Path(run_dir)
     _validate_repo_id(repo_id)
@@ -124,16 +125,16 @@ def _validate_repo_id(repo_id: str) -> None:
 def _source_dir(run_dir: Path, *, merged: bool) -> Path:
     """The folder whose files are uploaded: merged/ for --merged, adapter/ otherwise."""
     if merged:
-        source = run_dir / "merged"
+        source = run_dir / MERGED_DIR
         if not (source / "config.json").is_file():
             raise PeftkitError(
                 f"--merged needs a merged model in {source}, which does not exist or has no config.json; "
                 f"run `peftkit merge {run_dir}` first"
             )
         return source
-    source = run_dir / "adapter"
-    if not (source / "adapter_config.json").is_file():
-        raise PeftkitError(f"{source}/adapter_config.json is missing; the run did not save an adapter")
+    source = run_dir / ADAPTER_DIR
+    if not (source / ADAPTER_CONFIG_FILE).is_file():
+        raise PeftkitError(f"{source}/{ADAPTER_CONFIG_FILE} is missing; the run did not save an adapter")
     return source
 
 
@@ -151,7 +152,7 @@ def _check_sources(run_dir: Path, source_dir: Path, *, merged: bool) -> None:
         if not any(source_dir.glob("*.safetensors")):
             raise PeftkitError(f"{source_dir} has no safetensors weights{advice}")
     else:
-        read_json_object(source_dir / "adapter_config.json", DAMAGED_RUN_ADVICE)
+        read_json_object(source_dir / ADAPTER_CONFIG_FILE, DAMAGED_RUN_ADVICE)
 
 
 def _stage(run_dir: Path, source_dir: Path, *, merged: bool, repo_id: str, base_id: str) -> Path:
@@ -182,11 +183,11 @@ def _fill_staging(staging: Path, run_dir: Path, source_dir: Path, *, merged: boo
         if src.is_file() and src.name not in REPLACED_FILES:
             _link_or_copy(src, staging / src.name)
     if not merged:
-        _rewrite_base_model(staging / "adapter_config.json", base_id)
-    if (run_dir / "label_map.json").is_file():  # sft and multitask runs have none (multitask: labels in recipe.yaml)
-        _link_or_copy(run_dir / "label_map.json", staging / "label_map.json")
-    _link_or_copy(run_dir / "metrics.json", staging / "metrics.json")
-    _stage_recipe(run_dir / "recipe.yaml", staging / "recipe.yaml")
+        _rewrite_base_model(staging / ADAPTER_CONFIG_FILE, base_id)
+    if (run_dir / LABEL_MAP_FILE).is_file():  # sft and multitask runs have none (multitask: labels in recipe.yaml)
+        _link_or_copy(run_dir / LABEL_MAP_FILE, staging / LABEL_MAP_FILE)
+    _link_or_copy(run_dir / METRICS_FILE, staging / METRICS_FILE)
+    _stage_recipe(run_dir / RECIPE_FILE, staging / RECIPE_FILE)
     card = build_model_card(run_dir, merged=merged, repo_id=repo_id, base_model_id=base_id)
     (staging / "README.md").write_text(str(card), encoding="utf-8")
 
@@ -314,43 +315,3 @@ def _human_size(n: float) -> str:
         if n < 1000 or unit == "GB":
             break
     return f"{n:.1f} {unit}"
-
-
-def add_push_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `peftkit push` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "push",
-        help="upload a run's adapter (or merged model) with a model card to the Hugging Face Hub",
-        description=(
-            "Stage RUN_DIR/push_staging (adapter or merged model, tokenizer, label_map.json, recipe.yaml, "
-            "metrics.json, README.md model card) and upload it in one commit. The token comes from HF_TOKEN "
-            "or `hf auth login`."
-        ),
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="output_dir of a `peftkit train` run")
-    parser.add_argument("--repo-id", required=True, help="target model repo, ORG/NAME")
-    parser.add_argument("--merged", action="store_true", help="push RUN_DIR/merged (from `peftkit merge`)")
-    parser.add_argument("--private", action="store_true", help="create the repo as private")
-    parser.add_argument("--revision", help="branch to commit to (created if missing); default main")
-    parser.add_argument("--dry-run", action="store_true", help="stage and show what would be uploaded; no network")
-    parser.add_argument("--base-model-id", help="hub id of the base model, when the run does not record it")
-    parser.add_argument("--commit-message", help="commit message (default names the run and its accuracy)")
-    parser.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT, else https://huggingface.co)")
-    parser.set_defaults(func=cmd_push)
-    return parser
-
-
-def cmd_push(args: argparse.Namespace) -> int:
-    """Run `peftkit push`; PeftkitError propagates to the CLI, which prints it and exits 2."""
-    push_run(
-        args.run_dir,
-        args.repo_id,
-        merged=args.merged,
-        private=args.private,
-        revision=args.revision,
-        dry_run=args.dry_run,
-        base_model_id=args.base_model_id,
-        commit_message=args.commit_message,
-        endpoint=args.endpoint,
-    )
-    return 0

@@ -6,6 +6,10 @@ validated ``Recipe``, all before anything heavy is imported or loaded.
 
 The ``train`` section is not redeclared here: its keys are ``transformers.TrainingArguments`` fields
 (``trl.SFTConfig`` for causal-LM tasks) and go straight through, so users keep the names they know.
+
+Also here, because every floor reads them: ``task_traits`` (the facts of each task, which the commands read
+instead of comparing task names) and ``arguments`` (the ``RECIPE [section.key=value ...]`` command-line
+arguments). Imports: `peftkit.errors` only.
 """
 
 from peftkit.recipe.checks import check_template, validate, validate_causal

@@ -10,11 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-TASKS = ("classification", "sft", "generative_classification", "distillation", "multitask")
-CAUSAL_TASKS = ("sft", "generative_classification")
-"""Tasks trained as a causal LM with ``trl.SFTTrainer``; their ``train`` section is a ``trl.SFTConfig``."""
-SFT_CONFIG_TASKS = (*CAUSAL_TASKS, "multitask")
+from peftkit.recipe.task_traits import DEFAULT_TASK, SFT_CONFIG, TRAITS
+
+TASKS = tuple(TRAITS)
+CAUSAL_TASKS = tuple(name for name, t in TRAITS.items() if not t.head and not t.subtasks)
+"""Tasks trained as one causal LM with ``trl.SFTTrainer`` (the recipe checks read their data as such)."""
+SFT_CONFIG_TASKS = tuple(name for name, t in TRAITS.items() if t.trainer_config == SFT_CONFIG)
 """Tasks whose ``train`` section is a ``trl.SFTConfig`` (multitask: several generative_classification tasks)."""
+CLASSIFICATION_FORMAT = "classification"
+"""data.format of labelled text (a text and a label column): what every labelled task reads."""
 SFT_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
 # Attention implementations that keep packed (padding-free) sequences apart: every run re-checks it on its model.
 EXACT_PACKING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
@@ -410,7 +414,7 @@ SFT_TRAIN_RESERVED = {
 
 @dataclass
 class Recipe:
-    task: str = "classification"
+    task: str = DEFAULT_TASK
     output_dir: str = "runs/peftkit-run"
     overwrite_output_dir: bool = False
     """Replace an existing run folder that holds a different run."""

@@ -10,7 +10,7 @@ from peftkit.errors import PeftkitError
 DEFAULT_COMPARISON = "comparison.html"
 
 
-def add_report_parser(sub) -> None:
+def add_parser(sub) -> None:
     report = sub.add_parser(
         "report", help="a run's report.html (offline HTML), or a comparison of several runs",
         description="With one RUN_DIR: write RUN_DIR/report.html again from the run's files (headline metrics, "
@@ -27,8 +27,8 @@ def add_report_parser(sub) -> None:
 
 
 def cmd_report(args) -> int:
+    from peftkit.evaluation.run_report import run_report_html, write_run_report
     from peftkit.report.compare import write_comparison
-    from peftkit.report.single import run_report_html, write_run_report
 
     for run in args.runs:
         if not Path(run).is_dir():

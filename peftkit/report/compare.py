@@ -14,9 +14,9 @@ from typing import Any
 
 from peftkit.core.atomic import write_text_atomic
 from peftkit.errors import PeftkitError
+from peftkit.evaluation.html_page import cards, esc, note, number_cell, page, section, table, text_cell
 from peftkit.evaluation.predictions import read_predictions
-from peftkit.report.page import cards, esc, note, number_cell, page, section, table, text_cell
-from peftkit.report.single import read_classification_metrics, top_two
+from peftkit.evaluation.run_report import read_classification_metrics, top_two
 
 EXAMPLES_SHOWN = 15
 SECTIONS = ("runs", "per-class-f1", "disagreements")

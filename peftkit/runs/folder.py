@@ -9,17 +9,20 @@ from typing import Any
 
 from peftkit.core.atomic import write_json_atomic, write_yaml_atomic
 from peftkit.core.console import say
+from peftkit.core.launch import is_main_process
 from peftkit.errors import PeftkitError
 from peftkit.recipe import Recipe, recipe_from_dict
 from peftkit.runs.checkpoints import complete_checkpoints_in, incomplete_checkpoints_in
 from peftkit.runs.layout import (
     ADAPTER_DIR,
+    ADAPTER_WEIGHTS_FILE,
     CHECKPOINT_DIR,
     LABEL_MAP_FILE,
     LOCK_FILE,
     RECIPE_FILE,
     RUN_ARTIFACTS,
     SUMMARY_FILE,
+    TRAINER_STATE_FILE,
 )
 from peftkit.runs.read import finished_run, read_run_recipe
 
@@ -56,7 +59,7 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
         probe.unlink()
     except OSError as e:
         raise PeftkitError(f"output_dir {run_dir} is not writable ({e.strerror}); choose another folder") from None
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         hold_run_lock(run_dir)
     if not recipe.overwrite_output_dir:
         refuse_restart_over_checkpoints(run_dir, resume, recipe.source)
@@ -66,7 +69,7 @@ def open_run_dir(recipe: Recipe, resume: bool) -> Path:
 def replace_previous_run(run_dir: Path, recipe: Recipe) -> Path:
     """With overwrite_output_dir, remove the previous run's files (main process only). Called after every check of
     the new run has passed, so a recipe that fails its checks never costs the previous run."""
-    if int(os.environ.get("RANK", 0)) == 0 and recipe.overwrite_output_dir and (run_dir / RECIPE_FILE).is_file():
+    if is_main_process() and recipe.overwrite_output_dir and (run_dir / RECIPE_FILE).is_file():
         remove_run_artifacts(run_dir)
     return run_dir
 
@@ -135,7 +138,7 @@ def with_current_defaults(previous: dict[str, Any]) -> tuple[dict[str, Any], lis
     are compared as they are; a recipe this version cannot read any more is compared as written.
     """
     try:
-        resolved = recipe_from_dict(previous, "the run folder's recipe.yaml").to_dict()
+        resolved = recipe_from_dict(previous, f"the run folder's {RECIPE_FILE}").to_dict()
     except PeftkitError:
         return previous, []
     added = sorted(key for key in differences(comparable(previous), comparable(resolved))
@@ -194,7 +197,7 @@ def remove_incomplete_checkpoints(run_dir: Path, why: str) -> None:
     """Remove checkpoint folders without the marker (main process only): what a kill or a failure mid-save left."""
     import shutil
 
-    if int(os.environ.get("RANK", 0)) != 0:
+    if not is_main_process():
         return
     for broken in incomplete_checkpoints(run_dir):
         print(f"peftkit: removing incomplete checkpoint {broken} ({why})", flush=True)
@@ -252,21 +255,6 @@ def resume_point(run_dir: Path, resume: bool, recipe_source: str | None) -> str 
     return str(checkpoints[-1])
 
 
-def evaluation_dir(run_dir: Path, data_file: str | None) -> Path:
-    """Where `peftkit evaluate` writes: the run folder for its own eval split; for --data FILE a folder named by
-    the file's stem and a short hash of its resolved path, so two different files named test.csv never overwrite
-    each other's results (evaluating the same file again replaces its own)."""
-    import hashlib
-
-    from peftkit.data.files import resolve_data_path
-
-    if data_file is None:
-        return Path(run_dir)
-    path = resolve_data_path(data_file)
-    digest = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:8]
-    return Path(run_dir) / f"eval-{path.stem}-{digest}"
-
-
 def folder_size(path: Path) -> int:
     """Bytes in the files under `path` (links not followed)."""
     total = 0
@@ -320,9 +308,9 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
 
     try:
         check_folder_files(checkpoint, torch_files=True)
-        read_json_object(checkpoint / "trainer_state.json")
-        if not (checkpoint / "adapter_model.safetensors").is_file() and not any(checkpoint.glob("adapter_model.*")):
-            return f"{checkpoint}/adapter_model.safetensors is missing"
+        read_json_object(checkpoint / TRAINER_STATE_FILE)
+        if not (checkpoint / ADAPTER_WEIGHTS_FILE).is_file() and not any(checkpoint.glob("adapter_model.*")):
+            return f"{checkpoint}/{ADAPTER_WEIGHTS_FILE} is missing"
     except PeftkitError as e:
         return str(e)
     return None
@@ -341,7 +329,7 @@ def loadable_checkpoints(run_dir: Path, checkpoints: list[Path]) -> list[Path]:
         details = "; ".join(f"{c.name}: {why}" for c, why in damaged)
         raise PeftkitError(f"--resume: no complete checkpoint loads in {run_dir / CHECKPOINT_DIR} ({details}). "
                            "Nothing was changed: restore the files, or start over with overwrite_output_dir: true")
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_main_process():
         for checkpoint, why in damaged:
             aside = checkpoint.with_name(f"{checkpoint.name}.damaged")
             n = 1

@@ -74,7 +74,7 @@ def create_app(runs: list[ServedRun], limits: Limits, api_key: str | None = None
     async def classify(body: ClassifyRequest) -> dict[str, Any]:
         run = pick_run(app.state.runs, body.model, "classify")
         texts = check_texts(body.text, limits)
-        key = ("head", run.group.index) if run.task == "classification" else ("gencls", run.name)
+        key = ("head", run.group.index) if run.group.head else ("gencls", run.name)
         probs = await run_job(batcher, Job(key=key, payload=[(run, t) for t in texts], size=len(texts)), limits)
         return {"model": run.name, "results": [answer(run, p) for p in probs]}
 

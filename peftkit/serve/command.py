@@ -1,4 +1,5 @@
-"""`peftkit serve RUN_DIR [RUN_DIR ...]`: load the runs, then serve them with uvicorn until SIGTERM / Ctrl-C."""
+"""`peftkit serve RUN_DIR [RUN_DIR ...]`: load the runs, then serve them with uvicorn until SIGTERM / Ctrl-C; and
+`peftkit generate RUN_DIR TEXT`, one answer from the command line. Their parsers import nothing heavy."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import signal
 import sys
 
 from peftkit.errors import PeftkitError
+
+
+def add_parser(subparsers) -> None:
+    add_serve_parser(subparsers)
+    add_generate_parser(subparsers)
 
 
 def add_serve_parser(sub) -> None:
@@ -40,6 +46,31 @@ def add_serve_parser(sub) -> None:
                        help="largest max_tokens a completion may ask for (default 512)")
     serve.add_argument("--threads", type=positive, metavar="N", help="torch CPU threads (default: torch's own)")
     serve.set_defaults(func=cmd_serve)
+
+
+def add_generate_parser(sub) -> None:
+    generate = sub.add_parser(
+        "generate", help="a causal-LM run's answer to a text: label probabilities or generated text",
+        description="Answer TEXT with the base model + trained adapter of RUN_DIR. generative_classification runs: "
+                    "TEXT goes through the run's data.prompt_template (and the chat template only if the run used "
+                    "it) and every label is scored: prints each label name with its probability, the prediction "
+                    "first. sft runs: the run's prompt template and chat template as trained, then greedy "
+                    "generation.")
+    generate.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a train run")
+    generate.add_argument("prompt", metavar="TEXT",
+                          help="the text to classify, or the prompt (the template's one field)")
+    generate.add_argument("--max-new-tokens", type=int, default=128, metavar="N", help="longest answer (default 128)")
+    generate.add_argument("--raw", action="store_true",
+                          help="no templates, no label scoring: TEXT as it is, greedy generation (the behaviour "
+                               "before templates were applied, without the chat template)")
+    generate.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args) -> int:
+    from peftkit.serve.generate import generate
+
+    print(generate(args.run_dir, args.prompt, args.max_new_tokens, raw=args.raw))
+    return 0
 
 
 def positive(text: str) -> int:

@@ -22,21 +22,21 @@ from peftkit.errors import PeftkitError
 def generate(run_dir: str | Path, prompt: str, max_new_tokens: int = 128, raw: bool = False) -> str:
     """What `peftkit generate` prints (see the module docstring)."""
     from peftkit.model.base import load_trained_causal_lm
-    from peftkit.recipe import CAUSAL_TASKS
+    from peftkit.recipe.task_traits import tasks_where, traits_of
     from peftkit.runs.read import load_run, refuse_multitask
 
     if max_new_tokens <= 0:
         raise PeftkitError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     run_dir, recipe = load_run(run_dir)
     refuse_multitask(run_dir, recipe, "generate")
-    if recipe.task not in CAUSAL_TASKS:
+    if not traits_of(recipe.task).generates:
         raise PeftkitError(f"{run_dir} is a task: {recipe.task} run (a classification head, no text to generate); "
-                           f"generate needs a run of task {' or '.join(CAUSAL_TASKS)}. Score files with "
+                           f"generate needs a run of task {' or '.join(tasks_where('generates'))}. Score files with "
                            f"`peftkit evaluate {run_dir} --data FILE`")
     tokenizer, model = load_trained_causal_lm(run_dir, recipe.model, recipe.quantization)
     if raw:
         return greedy(model, tokenizer, tokenizer(prompt, return_tensors="pt")["input_ids"], max_new_tokens)
-    if recipe.task == "generative_classification":
+    if traits_of(recipe.task).label_words:
         return format_label_probabilities(label_probabilities(run_dir, recipe, tokenizer, model, prompt))
     return greedy(model, tokenizer, sft_prompt_ids(recipe, tokenizer, prompt), max_new_tokens)
 

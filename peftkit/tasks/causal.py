@@ -24,13 +24,13 @@ from peftkit.data.classification import evaluation_file, split_size
 from peftkit.errors import PeftkitError
 from peftkit.evaluation.calibration import CALIBRATION_FILE
 from peftkit.evaluation.causal import evaluate_generative, evaluate_lm_loss, format_lm_metrics, label_scoring
-from peftkit.evaluation.metrics import format_metrics, write_metrics
+from peftkit.evaluation.metrics import evaluation_dir, format_metrics, write_metrics
+from peftkit.evaluation.run_report import write_run_report
 from peftkit.model.base import load_causal_lm, load_trained_causal_lm
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.report.single import write_run_report
-from peftkit.runs.folder import evaluation_dir
-from peftkit.runs.layout import CHECKPOINT_DIR, LABEL_MAP_FILE
+from peftkit.recipe.task_traits import CAUSAL_LM
+from peftkit.runs.layout import CHECKPOINT_DIR, EVAL_REPORT_FILE, LABEL_MAP_FILE, METRICS_FILE
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import (
     AGGREGATE_METRICS,
@@ -41,16 +41,16 @@ from peftkit.tasks.cards import (
     metric_table,
 )
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
+from peftkit.trainer.attention import attention_kernel
 from peftkit.trainer.imbalance import decide as decide_imbalance
 from peftkit.trainer.lm_head import apply_recipe_choice
-from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.loop import run_callbacks, trainer_kwargs
 from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
-from peftkit.trainer.selection import VALIDATION, carve_validation, with_label_scoring_evaluation
-from peftkit.trainer.speed import with_seeded_length_grouping
+from peftkit.trainer.selection import VALIDATION, carve_validation
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
-PEFT_TASK_TYPE = "CAUSAL_LM"
+PEFT_TASK_TYPE = CAUSAL_LM
 LM_METRICS = (("eval_loss", "loss", "Eval loss (per completion token)", None),
               ("perplexity", "perplexity", "Perplexity", None))
 
@@ -62,6 +62,32 @@ def read_data(recipe: Recipe) -> CausalData:
     carve_validation(causal.splits, causal.reports, recipe.selection, recipe.seed, CausalSplitReport,
                      causal.unused_train)
     return causal
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, None]:
+    """`peftkit validate`: the data read and tokenized as training will (the tokenizer, not the model): what
+    truncation drops, and how many tokens each label word is. A causal LM has no head to size (None)."""
+    from peftkit.model.base import load_tokenizer
+
+    causal = load_causal_data(recipe.data, recipe.task, recipe.seed)
+    tokenizer = load_tokenizer(recipe.model)
+    prepare_examples(recipe, tokenizer, causal)
+    report = format_causal_report(causal, truncation_length(recipe))
+    if causal.label_words:
+        report += "\n" + label_word_tokens(tokenizer, causal.label_names, causal.label_words)
+    return report, None
+
+
+def label_word_tokens(tokenizer, label_names: list[str], label_words: list[str]) -> str:
+    """How many tokens each label word is (label scoring sums their log-probabilities: see
+    peftkit/evaluation/causal.py)."""
+    counts = [len(tokenizer(word, add_special_tokens=False)["input_ids"]) for word in label_words]
+    line = "label word tokens: " + ", ".join(f"{name} {word!r} {n}" for name, word, n in
+                                             zip(label_names, label_words, counts))
+    if len(set(counts)) > 1:
+        line += (" (lengths differ: evaluate.label_score says how they are made comparable: sum, mean or "
+                 "calibrated; see recipes/README.md)")
+    return line
 
 
 def prepare_data(recipe: Recipe, tokenizer, causal: CausalData) -> TaskData:
@@ -95,15 +121,17 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     from trl import SFTTrainer
 
     causal: CausalData = data.prepared["causal"]
-    kernel = trainer_attention_kernel(recipe, args)
-    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model and kernel
-        with attention_kernel(kernel, args.device.type):
-            check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
     eval_during_training = args.eval_strategy != "no"
     # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
     during = VALIDATION if VALIDATION in causal.splits else "eval"
-    trainer = guarded(with_attention_kernel(with_label_scoring_evaluation(with_seeded_length_grouping(SFTTrainer)),
-                                           kernel))(
+    scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template, recipe.evaluate.batch_size,
+               label_scoring(recipe)) if during == VALIDATION and recipe.task == "generative_classification" else None
+    setup = setup_for(recipe, args, label_scoring=True, validation_scoring=scoring)
+    if args.packing or args.padding_free:  # sequences sharing a row must stay apart on this very model and kernel
+        with attention_kernel(setup.attention_kernel, args.device.type):
+            check_packing_exact(model, tokenizer, data.prepared["encoder"], causal, recipe)
+    trainer = build_trainer_of(
+        SFTTrainer, setup,
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(causal.examples("train")),
@@ -111,15 +139,12 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         processing_class=tokenizer,
         callbacks=run_callbacks(recipe),
     )
-    if during == VALIDATION and recipe.task == "generative_classification":
-        trainer.validation_scoring = (data.prepared["encoder"], causal, recipe.data.use_chat_template,
-                                      recipe.evaluate.batch_size, label_scoring(recipe))
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
-    return set_guard_policy(trainer, recipe)
+    return trainer
 
 
 def training_facts(trainer) -> dict[str, Any]:
@@ -144,9 +169,9 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
         write_run_report(out_dir)
         return format_metrics(metrics)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
     text = format_lm_metrics(metrics)
-    write_text_atomic(out_dir / "eval_report.txt", text + "\n")
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, text + "\n")
     return text
 
 

@@ -23,26 +23,25 @@ from peftkit.data.classification import (
     tokenize_split,
 )
 from peftkit.evaluation.calibration import CALIBRATION_FILE, recheck, temperature_report
-from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
+from peftkit.evaluation.metrics import classification_metrics, evaluation_dir, format_metrics, write_metrics
 from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records
+from peftkit.evaluation.run_report import write_run_report
 from peftkit.model.base import load_classifier, load_trained_classifier
 from peftkit.model.quantize import quant_storage_for
 from peftkit.recipe import Recipe
-from peftkit.report.single import write_run_report
-from peftkit.runs.folder import evaluation_dir
+from peftkit.recipe.task_traits import SEQ_CLS
 from peftkit.runs.read import label_names_of
 from peftkit.tasks.cards import AGGREGATE_METRICS, classification_evaluation, fmt, label_limits
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.trainer.attention import trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
 from peftkit.trainer.imbalance import decide as decide_imbalance
-from peftkit.trainer.imbalance import with_imbalance_handling
 from peftkit.trainer.launch import disable_token_count_loss_scaling
-from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.loop import run_callbacks, trainer_kwargs
 from peftkit.trainer.selection import VALIDATION, carve_validation, head_compute_metrics
-from peftkit.trainer.speed import collator_pad_multiple, with_seeded_length_grouping
+from peftkit.trainer.speed import collator_pad_multiple
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
-PEFT_TASK_TYPE = "SEQ_CLS"
+PEFT_TASK_TYPE = SEQ_CLS
 
 
 def read_data(recipe: Recipe) -> ClassificationData:
@@ -51,6 +50,12 @@ def read_data(recipe: Recipe) -> ClassificationData:
     data = load_classification_data(recipe.data, recipe.seed)
     carve_validation(data.splits, data.reports, recipe.selection, recipe.seed, SplitReport, data.unused_train)
     return data
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, int]:
+    """`peftkit validate`: both splits read as training reads them; (data report, number of classes)."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    return format_report(data), len(data.label_names)
 
 
 def prepare_data(recipe: Recipe, tokenizer, data: ClassificationData) -> TaskData:
@@ -91,8 +96,12 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     validation = data.prepared.get(VALIDATION)
     # with a validation split, evaluation during training (and the choice of checkpoint) reads it, not the eval file
     during = validation if validation is not None else data.prepared["eval"]
-    trainer = guarded(with_attention_kernel(with_imbalance_handling(with_seeded_length_grouping(Trainer)),
-                                           trainer_attention_kernel(recipe, args)))(
+    decision = decide_imbalance(recipe, data.prepared["train_labels"], data.label_names)
+    say(decision.line)
+    setup = setup_for(recipe, args, imbalance=True, class_weights=decision.class_weights,
+                      sample_weights=decision.sample_weights, facts=decision.facts())
+    return build_trainer_of(
+        Trainer, setup,
         model=model,
         args=args,
         train_dataset=data.prepared["train"],
@@ -102,15 +111,10 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         callbacks=run_callbacks(recipe),
         compute_metrics=head_compute_metrics(data.label_names) if validation is not None else None,
     )
-    decision = decide_imbalance(recipe, data.prepared["train_labels"], data.label_names)
-    say(decision.line)
-    trainer.class_weights, trainer.sample_weights = decision.class_weights, decision.sample_weights
-    trainer.imbalance_facts = decision.facts()
-    return set_guard_policy(trainer, recipe)
 
 
 def training_facts(trainer) -> dict[str, Any]:
-    return dict(getattr(trainer, "imbalance_facts", {}))
+    return dict(trainer.facts)  # the imbalance decision
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:

@@ -4,6 +4,9 @@ A task is a plain module, registered by name in ``peftkit.tasks``; nothing is in
 
 ``PEFT_TASK_TYPE``
     the ``peft.TaskType`` of its adapter (``SEQ_CLS``, ``CAUSAL_LM``).
+``check_inputs(recipe) -> (report, number of classes or None)``
+    ``peftkit validate``: the data read (and tokenized, where that needs no model) as training will; the number
+    of classes sizes the head of the model checked on the meta device.
 ``read_data(recipe)``
     read and clean the examples; every check of the data files fails here, before the run folder is opened or
     anything is loaded.
@@ -15,7 +18,8 @@ A task is a plain module, registered by name in ``peftkit.tasks``; nothing is in
 ``load_model(recipe, tokenizer, data, source)``
     the base model for this task, quantized as the recipe says (the checklist prepares it and adds the adapter).
 ``build_trainer(recipe, args, model, tokenizer, data)``
-    a Trainer with peftkit's guards (``guards.guarded``) and ``training.run_callbacks``.
+    a Trainer composed by ``peftkit.trainer.trainer.build_trainer`` (peftkit's layers, their state given in a
+    ``TrainerSetup``) with ``trainer.loop.run_callbacks``.
 ``training_facts(trainer) -> dict``
     what the task measured while training, said to the user and added to ``train_summary.json``.
 ``evaluate(recipe, trainer, data) -> dict``

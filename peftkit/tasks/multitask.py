@@ -26,18 +26,19 @@ from peftkit.data.causal_encode import prepare_examples, truncation_length
 from peftkit.errors import PeftkitError
 from peftkit.model.base import load_trained_causal_lm
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import CAUSAL_LM
+from peftkit.runs.layout import EVAL_REPORT_FILE, METRICS_FILE, TASKS_DIR
 from peftkit.tasks import causal
 from peftkit.tasks.cards import AGGREGATE_METRICS, evaluation_intro, fmt
 from peftkit.tasks.interface import TaskCard, TaskData
-from peftkit.trainer.attention import attention_kernel, trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
+from peftkit.trainer.attention import attention_kernel
 from peftkit.trainer.lm_head import apply_recipe_choice
-from peftkit.trainer.loop import run_callbacks, set_guard_policy
+from peftkit.trainer.loop import run_callbacks
 from peftkit.trainer.packing import TokenCounter, batching_plan, check_packing_exact
-from peftkit.trainer.speed import with_seeded_length_grouping
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
-PEFT_TASK_TYPE = "CAUSAL_LM"
-TASKS_DIR = "tasks"
+PEFT_TASK_TYPE = CAUSAL_LM
 
 
 @dataclass
@@ -63,6 +64,12 @@ def read_data(recipe: Recipe) -> MultitaskRead:
         read[sub.name] = causal.read_data(sub_recipe(recipe, i))
         sub.data.label_names = list(read[sub.name].label_names)
     return MultitaskRead(tasks=read)
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, None]:
+    """`peftkit validate`: each task's data audited as its own generative_classification recipe."""
+    return "\n".join(f"task {t.name}: {causal.check_inputs(sub_recipe(recipe, i))[0]}"
+                     for i, t in enumerate(recipe.tasks)), None
 
 
 def prepare_data(recipe: Recipe, tokenizer, read: MultitaskRead) -> TaskData:
@@ -95,18 +102,19 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     import datasets
     from trl import SFTTrainer
 
-    kernel = trainer_attention_kernel(recipe, args)
+    setup = setup_for(recipe, args)
     if args.packing or args.padding_free:  # check on each task's own tokens that packed sequences stay apart
-        with attention_kernel(kernel, args.device.type):  # under the kernel training will use
+        with attention_kernel(setup.attention_kernel, args.device.type):  # under the kernel training will use
             for task in data.prepared["tasks"].values():
                 check_packing_exact(model, tokenizer, task.prepared["encoder"], task.prepared["causal"], recipe)
-    trainer = guarded(with_attention_kernel(with_seeded_length_grouping(SFTTrainer), kernel))(
+    trainer = build_trainer_of(
+        SFTTrainer, setup,
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
     apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
-    return set_guard_policy(trainer, recipe)
+    return trainer
 
 
 def training_facts(trainer) -> dict[str, Any]:
@@ -144,8 +152,8 @@ def save_metrics(out_dir: Path, metrics: dict[str, Any]) -> str:
         text = causal.save_metrics(out_dir / TASKS_DIR / name, task_metrics)
         lines += [f"== task {name} ({task_metrics.get('data_file')}) ==", text, ""]
     lines.append(format_summary(metrics))
-    write_json_atomic(out_dir / "metrics.json", metrics)
-    write_text_atomic(out_dir / "eval_report.txt", "\n".join(lines) + "\n")
+    write_json_atomic(out_dir / METRICS_FILE, metrics)
+    write_text_atomic(out_dir / EVAL_REPORT_FILE, "\n".join(lines) + "\n")
     return "\n".join(lines)
 
 

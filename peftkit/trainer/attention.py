@@ -34,23 +34,25 @@ def attention_kernel(kernel: str, device_type: str) -> contextlib.AbstractContex
     return sdpa_kernel([SDPBackend.MATH])
 
 
+class AttentionKernel:
+    """Trainer mixin: training forwards (those that record gradients) run under :func:`attention_kernel`
+    (``attention_kernel``: math or default)."""
+
+    attention_kernel: str = "default"
+
+    def compute_loss_context_manager(self):
+        import torch
+
+        stack = super().compute_loss_context_manager()
+        if torch.is_grad_enabled():  # a training step; prediction steps run under no_grad (forward only)
+            stack.enter_context(attention_kernel(self.attention_kernel, self.args.device.type))
+        return stack
+
+
 def with_attention_kernel(trainer_cls: type, kernel: str) -> type:
-    """A subclass of ``trainer_cls`` whose training forwards (those that record gradients) run under
-    :func:`attention_kernel` (``kernel``: math or default)."""
-
-    class AttentionKernel(trainer_cls):
-        attention_kernel = kernel
-
-        def compute_loss_context_manager(self):
-            import torch
-
-            stack = super().compute_loss_context_manager()
-            if torch.is_grad_enabled():  # a training step; prediction steps run under no_grad (forward only)
-                stack.enter_context(attention_kernel(self.attention_kernel, self.args.device.type))
-            return stack
-
-    AttentionKernel.__name__ = AttentionKernel.__qualname__ = trainer_cls.__name__
-    return AttentionKernel
+    """``trainer_cls`` with the :class:`AttentionKernel` mixin set to ``kernel`` (peftkit.trainer.trainer composes
+    the run's Trainer; this is the one layer alone)."""
+    return type(trainer_cls.__name__, (AttentionKernel, trainer_cls), {"attention_kernel": kernel})
 
 
 def trainer_attention_kernel(recipe, args) -> str:

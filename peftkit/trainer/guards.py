@@ -176,8 +176,3 @@ def any_rank_true(flag: bool) -> bool:
         dist.all_reduce(tensor)
         return bool(tensor.item() > 0)
     return flag
-
-
-def guarded(trainer_class: type) -> type:
-    """`trainer_class` with the non-finite loss guard (Trainer or trl.SFTTrainer)."""
-    return type(f"Guarded{trainer_class.__name__}", (NonFiniteLossGuard, trainer_class), {})

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import traits_of
 
 
 @dataclass
@@ -48,7 +49,7 @@ def decide(recipe: Recipe, labels: Sequence[int], label_names: list[str]) -> Dec
         why = f"above imbalance.auto_ratio {recipe.imbalance.auto_ratio:g}x, so imbalance.strategy auto turned on"
     else:
         why = f"imbalance.strategy {wanted}"
-    if recipe.task != "classification":
+    if not traits_of(recipe.task).class_weights:
         return Decision("none", sizes, ratio, f"imbalance: {shape}; task {recipe.task} trains unweighted "
                                                 "(class weights are for the classification head)")
     if wanted == "none":
@@ -64,41 +65,42 @@ def decide(recipe: Recipe, labels: Sequence[int], label_names: list[str]) -> Dec
                     "(replaces length-grouped batches)", sample_weights=[weights[y] for y in labels])
 
 
-def with_imbalance_handling(trainer_class: type) -> type:
-    """``trainer_class`` with an optional class-weighted cross-entropy and an optional class-balanced sampler.
+class ImbalanceHandling:
+    """Trainer mixin: an optional class-weighted cross-entropy and an optional class-balanced sampler.
 
     The weighted loss is the per-batch weighted mean, sum_i w_yi * CE_i / sum_i w_yi, the same convention as the
     unweighted mean loss it replaces: with ``distributed.disable_token_count_loss_scaling`` the Trainer divides it
     by the accumulation steps and DDP averages gradients over ranks, as for the plain loss.
     """
 
-    class ImbalanceHandling(trainer_class):
-        class_weights: list[float] | None = None
-        sample_weights: list[float] | None = None
+    class_weights: list[float] | None = None
+    sample_weights: list[float] | None = None
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.class_weights is None or "labels" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            import torch
-            import torch.nn.functional as F
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.class_weights is None or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch
+        import torch.nn.functional as F
 
-            labels = inputs["labels"]
-            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), weight=weight)
-            return (loss, outputs) if return_outputs else loss
+        labels = inputs["labels"]
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        weight = torch.tensor(self.class_weights, dtype=torch.float32, device=logits.device)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), weight=weight)
+        return (loss, outputs) if return_outputs else loss
 
-        def _get_train_sampler(self, train_dataset=None):
-            if self.sample_weights is None:
-                return super()._get_train_sampler(train_dataset)
-            import torch
+    def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        import torch
 
-            generator = torch.Generator()
-            generator.manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
-            return torch.utils.data.WeightedRandomSampler(self.sample_weights, num_samples=len(self.sample_weights),
-                                                          replacement=True, generator=generator)
+        generator = torch.Generator()
+        generator.manual_seed(self.args.data_seed if self.args.data_seed is not None else self.args.seed)
+        return torch.utils.data.WeightedRandomSampler(self.sample_weights, num_samples=len(self.sample_weights),
+                                                      replacement=True, generator=generator)
 
-    ImbalanceHandling.__name__ = ImbalanceHandling.__qualname__ = trainer_class.__name__
-    return ImbalanceHandling
+
+def with_imbalance_handling(trainer_class: type) -> type:
+    """``trainer_class`` with the :class:`ImbalanceHandling` mixin (the one layer alone)."""
+    return type(trainer_class.__name__, (ImbalanceHandling, trainer_class), {})
 

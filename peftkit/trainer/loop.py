@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.console import say, warn
+from peftkit.core.launch import world_size
 from peftkit.core.progress import log_friendly_trainer_args
 from peftkit.errors import RunStopped
 from peftkit.recipe import Recipe
 from peftkit.runs.folder import remove_incomplete_checkpoints
-from peftkit.runs.layout import LOG_DIR
+from peftkit.runs.layout import LOG_DIR, TRAINER_STATE_FILE
 from peftkit.trainer.guards import MarkCompleteCheckpoints, StopOnSignal, skipped_in_log
 from peftkit.trainer.launch import adjust_training_args_for_launch
 from peftkit.trainer.speed import apply_speed_defaults
@@ -38,13 +39,6 @@ def trainer_kwargs(recipe: Recipe, run_dir: Path, *, packing: bool = False) -> d
 def run_callbacks(recipe: Recipe) -> list:
     """The callbacks every run has: complete-checkpoint markers (with rotation) and clean stops on signals."""
     return [MarkCompleteCheckpoints(keep=recipe.train.get("save_total_limit")), StopOnSignal()]
-
-
-def set_guard_policy(trainer, recipe: Recipe):
-    """What the non-finite loss guard does: the recipe's safety section."""
-    trainer.nonfinite_policy = recipe.safety.on_nonfinite_loss
-    trainer.max_skipped_batches = recipe.safety.max_skipped_batches
-    return trainer
 
 
 def train_until_done_or_signalled(trainer, checkpoint: str | None, recipe: Recipe):
@@ -73,7 +67,7 @@ def train_until_done_or_signalled(trainer, checkpoint: str | None, recipe: Recip
 
 def training_finished_at(checkpoint: str) -> bool:
     """Whether the checkpoint is the last step of the run (a stop or crash after training, before the end)."""
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     return state.get("max_steps", 0) > 0 and state["global_step"] >= state["max_steps"]
 
 
@@ -88,7 +82,7 @@ def load_finished_checkpoint(trainer, checkpoint: str):
     from transformers import TrainerState
     from transformers.trainer_utils import TrainOutput
 
-    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_FILE))
     best = trainer.state.best_model_checkpoint  # load_best_model_at_end: the run ends with the best checkpoint
     if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
         checkpoint = best
@@ -112,7 +106,7 @@ def warn_if_almost_nothing(recipe: Recipe, train_examples: int) -> None:
     epochs = float(t.get("num_train_epochs", 1.0))
     if epochs >= 0.1:
         return
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = world_size()
     batch = int(t.get("per_device_train_batch_size", 8)) * int(t.get("gradient_accumulation_steps", 1)) * world
     steps = max(1, int(-(-train_examples // batch) * epochs + 0.999999))
     warn(f"train.num_train_epochs: {epochs:g} trains on about {min(100.0, 100 * steps * batch / train_examples):.1f}% "

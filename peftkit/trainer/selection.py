@@ -129,36 +129,32 @@ def head_compute_metrics(label_names: list[str]):
     return compute
 
 
-def with_label_scoring_evaluation(trainer_class: type) -> type:
-    """``trainer_class`` whose evaluate() scores the label words on the validation split (generative_classification):
+class LabelScoringEvaluation:
+    """Trainer mixin: evaluate() scores the label words on the validation split (generative_classification):
     eval_accuracy and eval_macro_f1, as the classification head reports them; eval_loss too when loss selects.
 
     Every process scores the whole (small) validation split, so early stopping decides the same on every rank.
     """
 
-    class LabelScoringEvaluation(trainer_class):
-        validation_scoring: tuple | None = None  # (encoder, causal data, chat, batch size, LabelScoring)
+    validation_scoring: tuple | None = None  # (encoder, causal data, chat, batch size, LabelScoring)
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            if self.validation_scoring is None:
-                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            from peftkit.evaluation.causal import evaluate_generative
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        if self.validation_scoring is None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        from peftkit.evaluation.causal import evaluate_generative
 
-            encoder, causal, chat, batch_size, scoring = self.validation_scoring
-            metrics: dict[str, float] = {}
-            if self.args.metric_for_best_model in ("loss", "eval_loss"):
-                metrics |= super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            scored = evaluate_generative(self.model, encoder, causal, chat, batch_size, split=VALIDATION,
-                                         scoring=scoring)
-            metrics |= {f"{metric_key_prefix}_accuracy": scored["accuracy"],
-                        f"{metric_key_prefix}_macro_f1": scored["macro_f1"],
-                        f"{metric_key_prefix}_seconds": scored["eval_seconds"]}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
-
-    LabelScoringEvaluation.__name__ = LabelScoringEvaluation.__qualname__ = trainer_class.__name__
-    return LabelScoringEvaluation
+        encoder, causal, chat, batch_size, scoring = self.validation_scoring
+        metrics: dict[str, float] = {}
+        if self.args.metric_for_best_model in ("loss", "eval_loss"):
+            metrics |= super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        scored = evaluate_generative(self.model, encoder, causal, chat, batch_size, split=VALIDATION,
+                                     scoring=scoring)
+        metrics |= {f"{metric_key_prefix}_accuracy": scored["accuracy"],
+                    f"{metric_key_prefix}_macro_f1": scored["macro_f1"],
+                    f"{metric_key_prefix}_seconds": scored["eval_seconds"]}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
 
 def selection_callbacks(recipe: Recipe) -> list:

@@ -9,7 +9,7 @@ Measured and ON by default
 * ``train_sampling_strategy: group_by_length`` (every device; not for packed SFT, whose rows have no padding).
   Batches are drawn from length-sorted groups of up to 50 batches, so little of each batch is padding. Same
   examples, same epoch, same number of steps; only which examples share a batch changes. peftkit uses
-  :class:`EpochSeededLengthGroupedSampler` for it (through :func:`with_seeded_length_grouping`), not
+  :class:`EpochSeededLengthGroupedSampler` for it (through :class:`SeededLengthGrouping`), not
   transformers' own sampler, whose order comes from the global RNG at the start of each epoch: after a resume in
   a later epoch, or on DDP ranks whose RNGs drifted apart during the previous epoch, that order differs from the
   uninterrupted run's, so examples are repeated or skipped.
@@ -40,9 +40,10 @@ Not measured here (no GPU was lent): on CUDA only the sampler rule applies; set 
 
 from __future__ import annotations
 
-import os
 import platform
 from typing import Any
+
+from peftkit.core.launch import is_main_process
 
 # Keys whose presence in the recipe means the user chose the precision.
 PRECISION_KEYS = ("bf16", "fp16")
@@ -122,31 +123,32 @@ class EpochSeededLengthGroupedSampler:
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
-def with_seeded_length_grouping(trainer_cls: type) -> type:
-    """A subclass of ``trainer_cls`` whose ``group_by_length`` sampler is :class:`EpochSeededLengthGroupedSampler`.
+class SeededLengthGrouping:
+    """Trainer mixin: the ``group_by_length`` sampler is :class:`EpochSeededLengthGroupedSampler`.
 
     Other sampling strategies, and datasets without ``input_ids`` or without a length, keep the Trainer's own
     behaviour.
     """
 
-    class SeededLengthGrouping(trainer_cls):
-        def _get_train_sampler(self, train_dataset=None):
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            column_names = getattr(dataset, "column_names", None) or []
-            if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in column_names:
-                return super()._get_train_sampler(train_dataset)
-            if self.args.length_column_name in column_names:
-                lengths = list(dataset[self.args.length_column_name])
-            else:
-                lengths = [len(ids) for ids in dataset["input_ids"]]
-            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-            # Grouped by the global batch (every rank, every accumulation step): accelerate deals the sampler's
-            # order out to the ranks batch by batch, so an optimizer step sees the same examples at any world size.
-            global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-            return EpochSeededLengthGroupedSampler(lengths, global_batch, seed)
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        column_names = getattr(dataset, "column_names", None) or []
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in column_names:
+            return super()._get_train_sampler(train_dataset)
+        if self.args.length_column_name in column_names:
+            lengths = list(dataset[self.args.length_column_name])
+        else:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        # Grouped by the global batch (every rank, every accumulation step): accelerate deals the sampler's
+        # order out to the ranks batch by batch, so an optimizer step sees the same examples at any world size.
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return EpochSeededLengthGroupedSampler(lengths, global_batch, seed)
 
-    SeededLengthGrouping.__name__ = SeededLengthGrouping.__qualname__ = trainer_cls.__name__
-    return SeededLengthGrouping
+
+def with_seeded_length_grouping(trainer_cls: type) -> type:
+    """``trainer_cls`` with the :class:`SeededLengthGrouping` mixin (the one layer alone)."""
+    return type(trainer_cls.__name__, (SeededLengthGrouping, trainer_cls), {})
 
 
 def collator_pad_multiple(args) -> int | None:
@@ -188,7 +190,7 @@ def apply_speed_defaults(train: dict[str, Any], *, quantized: bool = False, pack
     filled = {k: v for k, v in out.items() if k not in train}
     if attention_choice is None and not has_cuda:
         filled["model.cpu_attention_kernel"] = cpu_attention_kernel(None, has_cuda=False, packing=packing)
-    if filled and int(os.environ.get("RANK", 0)) == 0:
+    if filled and is_main_process():
         shown = ", ".join(f"{k}={v}" for k, v in filled.items())
         print(f"peftkit speed defaults: {shown} (set them under train: or model: to choose otherwise)", flush=True)
     return out

@@ -12,6 +12,7 @@ from typing import Any
 
 from peftkit import __version__
 from peftkit.recipe import Recipe
+from peftkit.runs.layout import TRAINER_STATE_FILE
 
 
 def summary(recipe: Recipe, result, trainable: int, total: int, started: float, examples: tuple[int, int],
@@ -47,7 +48,7 @@ def losses_before(checkpoint: str | None) -> tuple[int, float, int]:
     """
     if checkpoint is None:
         return 0, 0.0, 0
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = json.loads((Path(checkpoint) / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
     start = int(state["global_step"])
     total, covered, last = 0.0, 0, 0
     for entry in state.get("log_history", []):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.report import compare, single
+from peftkit.evaluation import run_report as single
+from peftkit.report import compare
 from tests.helpers.browser import find_chromium, open_page
 
 pytestmark = pytest.mark.slow

@@ -16,21 +16,30 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.core.console import say
-from peftkit.data.classification import ClassificationData, SplitReport, tokenize_split
+from peftkit.data.classification import (
+    ClassificationData,
+    SplitReport,
+    format_report,
+    load_classification_data,
+    tokenize_split,
+)
 from peftkit.data.files import read_table
 from peftkit.errors import PeftkitError
-from peftkit.inference.teacher import SOFT_LABELS_FILE, cached_soft_labels, open_teacher
+from peftkit.inference.teacher import cached_soft_labels, open_teacher
 from peftkit.recipe import Recipe
+from peftkit.recipe.task_traits import SEQ_CLS
+from peftkit.runs.layout import SOFT_LABELS_FILE
 from peftkit.tasks import classification
-from peftkit.tasks.distillation.loss import IGNORE, with_distillation_loss
+from peftkit.tasks.distillation.loss import IGNORE, DistillationLoss
 from peftkit.tasks.interface import TaskCard, TaskData
 from peftkit.trainer.attention import trainer_attention_kernel, with_attention_kernel
-from peftkit.trainer.guards import guarded
-from peftkit.trainer.loop import run_callbacks, set_guard_policy, trainer_kwargs
+from peftkit.trainer.loop import run_callbacks, trainer_kwargs
 from peftkit.trainer.selection import VALIDATION, head_compute_metrics
 from peftkit.trainer.speed import collator_pad_multiple, with_seeded_length_grouping
+from peftkit.trainer.trainer import build_trainer as build_trainer_of
+from peftkit.trainer.trainer import setup_for
 
-PEFT_TASK_TYPE = "SEQ_CLS"
+PEFT_TASK_TYPE = SEQ_CLS
 load_model = classification.load_model
 save_metrics = classification.save_metrics
 evaluate_run = classification.evaluate_run
@@ -54,6 +63,17 @@ def read_data(recipe: Recipe) -> DistillationData:
     labelled = classification.read_data(recipe)
     teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, labelled.label_names, "distill.teacher")
     return DistillationData(labelled, read_unlabelled(recipe), teacher_dir, teacher_recipe)
+
+
+def check_inputs(recipe: Recipe) -> tuple[str, int]:
+    """`peftkit validate`: the labelled data as the classification task checks it, the teacher run folder (a
+    classification run with these labels) and the unlabelled file's text column."""
+    data = load_classification_data(recipe.data, recipe.seed)
+    teacher_dir, teacher_recipe, _ = open_teacher(recipe.distill.teacher, data.label_names, "distill.teacher")
+    unlabelled = read_unlabelled(recipe)
+    teacher = (f"teacher: {teacher_dir} ({teacher_recipe.task}); unlabelled: {len(unlabelled)} rows"
+               + (f" from {recipe.distill.unlabelled_file}" if unlabelled else ""))
+    return format_report(data) + "\n" + teacher, len(data.label_names)
 
 
 def read_unlabelled(recipe: Recipe) -> list[str]:
@@ -124,8 +144,15 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     train = data.prepared["train"].add_column("teacher_probs", probs.tolist())
     validation = data.prepared.get(VALIDATION)
     during = validation if validation is not None else data.prepared["eval"]
-    trainer = guarded(with_attention_kernel(with_seeded_length_grouping(with_distillation_loss(Trainer)),
-                                           trainer_attention_kernel(recipe, args)))(
+    agree = teacher_agreement(probs, data.prepared["train"]["labels"])
+    facts = {"teacher": str(teacher_dir), "temperature": recipe.distill.temperature, "alpha": recipe.distill.alpha,
+             "soft_label_rows": len(probs), "unlabelled_rows": len(data.prepared["train_texts"]) - labelled_rows(data),
+             "teacher_agrees_with_train_labels": agree}
+    setup = setup_for(recipe, args, task_loss=DistillationLoss, facts=facts,
+                      task_state={"distill_temperature": recipe.distill.temperature,
+                                  "distill_alpha": recipe.distill.alpha})
+    trainer = build_trainer_of(
+        Trainer, setup,
         model=model,
         args=args,
         train_dataset=train,
@@ -135,15 +162,9 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         callbacks=run_callbacks(recipe),
         compute_metrics=head_compute_metrics(data.label_names) if validation is not None else None,
     )
-    trainer.distill_temperature, trainer.distill_alpha = recipe.distill.temperature, recipe.distill.alpha
-    agree = teacher_agreement(probs, data.prepared["train"]["labels"])
-    trainer.distill_facts = {"teacher": str(teacher_dir), "temperature": recipe.distill.temperature,
-                             "alpha": recipe.distill.alpha, "soft_label_rows": len(probs),
-                             "unlabelled_rows": len(data.prepared["train_texts"]) - labelled_rows(data),
-                             "teacher_agrees_with_train_labels": agree}
     say(f"distillation: T={recipe.distill.temperature:g}, alpha={recipe.distill.alpha:g}; the teacher agrees with "
         f"{agree:.1%} of the hard training labels")
-    return set_guard_policy(trainer, recipe)
+    return trainer
 
 
 def labelled_rows(data: TaskData) -> int:
@@ -156,7 +177,7 @@ def teacher_agreement(probs, labels) -> float:
 
 
 def training_facts(trainer) -> dict[str, Any]:
-    return {"distillation": dict(getattr(trainer, "distill_facts", {}))}
+    return {"distillation": dict(trainer.facts)}
 
 
 def evaluate(recipe: Recipe, trainer, data: TaskData) -> dict[str, Any]:

@@ -31,24 +31,21 @@ def distillation_loss(logits, labels, teacher_probs, temperature: float, alpha: 
     return alpha * kl + (1.0 - alpha) * ce
 
 
-def with_distillation_loss(trainer_class: type) -> type:
-    """``trainer_class`` whose loss is `distillation_loss` with the recipe's temperature and alpha.
+class DistillationLoss:
+    """Trainer mixin: the loss is `distillation_loss` with ``distill_temperature`` and ``distill_alpha``.
 
-    Set ``distill_temperature`` and ``distill_alpha`` on the instance. The batch's ``teacher_probs`` column is taken
-    out before the forward pass (the model does not know it), so the training arguments keep unused columns.
+    The batch's ``teacher_probs`` column is taken out before the forward pass (the model does not know it), so
+    the training arguments keep unused columns.
     """
 
-    class DistillationLoss(trainer_class):
-        distill_temperature: float = 2.0
-        distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    distill_alpha: float = 0.5
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            inputs = dict(inputs)
-            teacher = inputs.pop("teacher_probs", None)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-            loss = distillation_loss(logits, labels, teacher, self.distill_temperature, self.distill_alpha)
-            return (loss, outputs) if return_outputs else loss
-
-    return DistillationLoss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        teacher = inputs.pop("teacher_probs", None)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = distillation_loss(logits, labels, teacher, self.distill_temperature, self.distill_alpha)
+        return (loss, outputs) if return_outputs else loss

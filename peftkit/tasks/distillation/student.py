@@ -18,11 +18,7 @@ from typing import Any
 
 from peftkit.core.atomic import replace_dir_atomic, staging_dir, write_json_atomic
 from peftkit.runs.folder import folder_size
-
-STUDENT_DIR = "student"
-INT8_DIR = "student-int8"
-EXPORT_REPORT = "export_report.json"
-INT8_WEIGHTS = "model_int8.safetensors"
+from peftkit.runs.layout import EXPORT_REPORT_FILE, STUDENT_DIR, STUDENT_INT8_DIR, STUDENT_INT8_WEIGHTS_FILE
 
 
 def merged_student(peft_model):
@@ -79,7 +75,7 @@ def save_int8(quantized, config, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(stage)
     if len(schemes) > 1:
         raise RuntimeError(f"mixed quantization schemes {sorted(schemes)}; save_int8 writes one per model")
-    save_file(tensors, str(stage / INT8_WEIGHTS),
+    save_file(tensors, str(stage / STUDENT_INT8_WEIGHTS_FILE),
               metadata={"format": "peftkit-int8-dynamic", "scheme": schemes.pop() if schemes else "per_tensor"})
     replace_dir_atomic(stage, folder)
 
@@ -100,8 +96,8 @@ def load_int8_student(folder: str | Path):
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    tensors = load_file(str(folder / INT8_WEIGHTS))
-    with safe_open(str(folder / INT8_WEIGHTS), framework="pt") as f:
+    tensors = load_file(str(folder / STUDENT_INT8_WEIGHTS_FILE))
+    with safe_open(str(folder / STUDENT_INT8_WEIGHTS_FILE), framework="pt") as f:
         per_channel = (f.metadata() or {}).get("scheme") == "per_channel"
     linear = {key.rsplit(".", 1)[0] for key in tensors if key.endswith(".int8_weight")}
     plain = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in linear}
@@ -109,12 +105,12 @@ def load_int8_student(folder: str | Path):
     # the float modules first (the Linear weights they lack are replaced below), then quantize, then the int8 weights
     _, unexpected = model.load_state_dict(plain, strict=False)
     if unexpected:
-        raise RuntimeError(f"{folder / INT8_WEIGHTS}: unexpected tensors {unexpected[:5]}")
+        raise RuntimeError(f"{folder / STUDENT_INT8_WEIGHTS_FILE}: unexpected tensors {unexpected[:5]}")
     model = quantize_int8(model, per_channel=per_channel)
     modules = quantized_linears(model)
     if set(modules) != linear:
-        raise RuntimeError(f"{folder / INT8_WEIGHTS}: int8 layers {sorted(linear ^ set(modules))[:5]} do not match "
-                           "the model built from config.json")
+        raise RuntimeError(f"{folder / STUDENT_INT8_WEIGHTS_FILE}: int8 layers {sorted(linear ^ set(modules))[:5]} "
+                           "do not match the model built from config.json")
     for name, module in modules.items():
         scale, zero = tensors[f"{name}.scale"], tensors[f"{name}.zero_point"]
         ints = tensors[f"{name}.int8_weight"].float()
@@ -158,8 +154,8 @@ def export_student(peft_model, tokenizer, run_dir: Path, texts: Sequence[str], l
 
     merged = merged_student(peft_model)
     save_float(merged, tokenizer, run_dir / STUDENT_DIR)
-    save_int8(quantize_int8(merged), merged.config, tokenizer, run_dir / INT8_DIR)
-    _, int8 = load_int8_student(run_dir / INT8_DIR)  # measured as reloaded from disk: the copy users get
+    save_int8(quantize_int8(merged), merged.config, tokenizer, run_dir / STUDENT_INT8_DIR)
+    _, int8 = load_int8_student(run_dir / STUDENT_INT8_DIR)  # measured as reloaded from disk: the copy users get
     models = {"float32": merged, "int8": int8}
     speed = texts_per_second(models, tokenizer, texts, max_length)
     report: dict[str, Any] = {
@@ -171,13 +167,13 @@ def export_student(peft_model, tokenizer, run_dir: Path, texts: Sequence[str], l
                 "be shared (see load_average)",
     }
     for name, model in models.items():
-        folder = run_dir / (STUDENT_DIR if name == "float32" else INT8_DIR)
+        folder = run_dir / (STUDENT_DIR if name == "float32" else STUDENT_INT8_DIR)
         report[name] = {"folder": str(folder), "accuracy": accuracy(model, tokenizer, texts, labels, max_length),
                         "size_bytes": folder_size(folder), "texts_per_second": speed[name]}
     report["int8_accuracy_drop_points"] = 100 * (report["float32"]["accuracy"] - report["int8"]["accuracy"])
     report["int8_speedup"] = report["int8"]["texts_per_second"] / report["float32"]["texts_per_second"]
     report["int8_size_ratio"] = report["int8"]["size_bytes"] / report["float32"]["size_bytes"]
-    write_json_atomic(run_dir / EXPORT_REPORT, report)
+    write_json_atomic(run_dir / EXPORT_REPORT_FILE, report)
     return report
 
 

@@ -13,7 +13,8 @@ import yaml
 from huggingface_hub import ModelCard, constants
 
 from peftkit.errors import PeftkitError
-from peftkit.push.hub import STAGING_DIRNAME, add_push_parser, push_run
+from peftkit.push.command import add_parser as add_push_parser
+from peftkit.push.hub import STAGING_DIRNAME, push_run
 from tests.helpers.fake_run import BASE_HUB_ID, METRICS, build_run, write_merged
 from tests.helpers.hub_stub import HubStub
 

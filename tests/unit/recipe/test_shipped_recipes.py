@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from peftkit.cli import DEFAULT_RECIPE
 from peftkit.errors import PeftkitError
 from peftkit.recipe import load_recipe
+from peftkit.recipe.arguments import DEFAULT_RECIPE
 from peftkit.recipe.loading import read_yaml
 from tests.conftest import REPO
 from tests.helpers.local_data import has_local_copies, hub_datasets, load_with_local_copies

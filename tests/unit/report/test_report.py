@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from peftkit.errors import PeftkitError
+from peftkit.evaluation import run_report as single
 from peftkit.evaluation.confusion import class_order, plot_confusion_matrix, top_confusions
 from peftkit.evaluation.metrics import classification_metrics, format_metrics, write_metrics
 from peftkit.evaluation.predictions import PREDICTIONS_KEY, prediction_records, read_predictions, reliability
-from peftkit.report import compare, single
+from peftkit.report import compare
 
 
 def synthetic_metrics(classes: int, rows_per_class: int = 6, seed: int = 0, extra: int = 0) -> dict:

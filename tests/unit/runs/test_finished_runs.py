@@ -9,7 +9,7 @@ from peftkit.errors import PeftkitError
 
 
 def test_evaluation_folders_of_same_named_files_differ(tmp_path):
-    from peftkit.runs.folder import evaluation_dir
+    from peftkit.evaluation.metrics import evaluation_dir
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

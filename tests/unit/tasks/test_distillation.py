@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from peftkit.errors import PeftkitError
+from peftkit.runs.layout import SOFT_LABELS_FILE
 
 
 def test_distillation_loss_matches_a_hand_computation():
@@ -62,7 +63,7 @@ def test_soft_labels_are_cached_reused_and_recomputed_when_stale(tmp_path, monke
     monkeypatch.setattr(teacher, "teacher_probabilities", fake_probabilities)
     folder = fake_teacher_folder(tmp_path)
     recipe = SimpleNamespace(task="classification")
-    cache = tmp_path / "run" / teacher.SOFT_LABELS_FILE
+    cache = tmp_path / "run" / SOFT_LABELS_FILE
     cache.parent.mkdir()
     teacher.cached_soft_labels(cache, folder, recipe, ["a", "b"], 8)
     teacher.cached_soft_labels(cache, folder, recipe, ["a", "b"], 8)  # a resume: reused

@@ -10,8 +10,8 @@ from peftkit.errors import PeftkitError
 from peftkit.recipe import TASKS
 from peftkit.tasks import REGISTRY, task_for
 
-INTERFACE = ("read_data", "prepare_data", "training_arguments", "load_model", "build_trainer", "training_facts",
-             "evaluate", "save_metrics", "evaluate_run", "card")
+INTERFACE = ("check_inputs", "read_data", "prepare_data", "training_arguments", "load_model", "build_trainer",
+             "training_facts", "evaluate", "save_metrics", "evaluate_run", "card")
 
 
 def test_every_recipe_task_has_a_module_and_no_module_is_unreachable():
@@ -24,6 +24,13 @@ def test_task_module_provides_the_interface(name):
     assert module.PEFT_TASK_TYPE in ("SEQ_CLS", "CAUSAL_LM")
     missing = [f for f in INTERFACE if not inspect.isfunction(getattr(module, f, None))]
     assert not missing, f"{module.__name__} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_task_module_trains_the_adapter_type_its_traits_state(name):
+    from peftkit.recipe.task_traits import traits_of
+
+    assert task_for(name).PEFT_TASK_TYPE == traits_of(name).peft_task_type
 
 
 def test_the_interface_document_lists_exactly_these_functions():

@@ -98,7 +98,7 @@ def test_adjust_drops_ddp_backend_in_one_process(tmp_path):
 def test_quant_storage_follows_the_launch(clean_env, env, expected):
     for name, value in env.items():
         clean_env.setenv(name, value)
-    assert distributed.quant_storage_dtype_for_launch(torch.bfloat16) == expected
+    assert rank_env.quant_storage_dtype_for_launch(torch.bfloat16) == expected
 
 
 def test_quant_storage_reads_the_deepspeed_json(clean_env, tmp_path):
@@ -106,7 +106,7 @@ def test_quant_storage_reads_the_deepspeed_json(clean_env, tmp_path):
     config.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}))
     clean_env.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     clean_env.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(config))
-    assert distributed.quant_storage_dtype_for_launch(torch.float16) == torch.float16
+    assert rank_env.quant_storage_dtype_for_launch(torch.float16) == torch.float16
 
 
 def test_rank_and_world_size_from_the_environment(clean_env):

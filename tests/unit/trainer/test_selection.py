@@ -296,7 +296,7 @@ def test_generative_classification_selects_by_label_scoring_on_the_validation_sp
 def test_validate_reports_the_token_count_of_each_label_word():
     from transformers import AutoTokenizer
 
-    from peftkit.run import label_word_tokens
+    from peftkit.tasks.causal import label_word_tokens
     from tests.helpers.sft_fixtures import smollm2_dir
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())

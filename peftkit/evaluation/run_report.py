@@ -18,8 +18,7 @@ from typing import Any
 from peftkit.core.atomic import write_text_atomic
 from peftkit.errors import PeftkitError
 from peftkit.evaluation.confusion import plot_confusion_matrix, top_confusions
-from peftkit.evaluation.predictions import read_predictions, reliability
-from peftkit.report.page import (
+from peftkit.evaluation.html_page import (
     cards,
     esc,
     note,
@@ -32,10 +31,17 @@ from peftkit.report.page import (
     table,
     text_cell,
 )
-from peftkit.runs.layout import DATA_REPORT_FILE, RECIPE_FILE, RUN_REPORT_FILE, TRAINING_LOG_FILE
+from peftkit.evaluation.predictions import read_predictions, reliability
+from peftkit.recipe.task_traits import DEFAULT_TASK
+from peftkit.runs.layout import (
+    CONFUSION_MATRIX_FILE,
+    DATA_REPORT_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    RUN_REPORT_FILE,
+    TRAINING_LOG_FILE,
+)
 
-METRICS_FILE = "metrics.json"
-CONFUSION_PNG = "confusion_matrix.png"
 PAIRS_LISTED = 20
 PAIRS_WITH_EXAMPLES = 25
 EXAMPLES_PER_PAIR = 5
@@ -92,7 +98,7 @@ def run_root(folder: Path) -> Path:
 
 def describe_run(folder: Path, root: Path, metrics: dict[str, Any]) -> str:
     recipe = read_recipe_fields(root)
-    parts = [f"task {recipe.get('task', 'classification')}", f"model {recipe.get('model', '?')}",
+    parts = [f"task {recipe.get('task', DEFAULT_TASK)}", f"model {recipe.get('model', '?')}",
              f"evaluated on {metrics.get('data_file', '?')}",
              f"{metrics.get('num_examples', '?')} examples", f"{len(metrics['labels'])} classes"]
     if root != folder:
@@ -108,7 +114,7 @@ def read_recipe_fields(root: Path) -> dict[str, str]:
     except (OSError, yaml.YAMLError):
         return {}
     model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
-    return {"task": str(raw.get("task", "classification")), "model": str(model.get("name_or_path", "?"))}
+    return {"task": str(raw.get("task", DEFAULT_TASK)), "model": str(model.get("name_or_path", "?"))}
 
 
 def headline_section(metrics: dict[str, Any], records: list[dict] | None) -> str:
@@ -147,7 +153,7 @@ def per_class_section(metrics: dict[str, Any]) -> str:
 
 
 def confusion_section(folder: Path, metrics: dict[str, Any]) -> str:
-    png = folder / CONFUSION_PNG
+    png = folder / CONFUSION_MATRIX_FILE
     if not png.is_file():
         plot_confusion_matrix(metrics, png)
     pairs = top_confusions(metrics["confusion_matrix"], metrics["labels"], PAIRS_LISTED)
