@@ -66,7 +66,8 @@ class PlainProgress:
     def _report(self, now: float, done: bool = False) -> None:
         elapsed = now - self.started
         rate = self.n / elapsed if elapsed > 0 else 0.0
-        line = f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({self.n / max(self.total, 1):.0%}), {elapsed:.0f} s"
+        share = self.n / max(self.total, 1)
+        line = f"{self.desc}: {self.n:,}/{self.total:,} {self.unit} ({share:.0%}), {elapsed:.0f} s"
         if not done and rate > 0:
             line += f", about {(self.total - self.n) / rate:.0f} s left"
         self._line(line + (" - done" if done else ""))

@@ -76,7 +76,7 @@ def load_classification_data(data: DataSection, seed: int, eval_file: str | None
     ``eval_file`` replaces the recipe's eval split (``peftkit evaluate --data FILE``).
     """
     raw = read_raw_splits(data, eval_file)
-    for name, (rows, source) in raw.items():
+    for rows, source in raw.values():
         check_columns(rows, data, source)
     label_names = data.label_names or infer_label_names(raw["train"][0] if "train" in raw else raw["eval"][0], data)
     splits, reports = {}, {}

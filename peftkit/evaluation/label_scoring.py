@@ -38,10 +38,11 @@ class LabelScoring:
     bf16: bool = False
 
     def describe(self) -> str:
-        return {"sum": "sum of the label completion's token log-probabilities (EOS included)",
-                "mean": "mean log-probability per token of the label completion (EOS included)",
-                "calibrated": "summed log-probability minus the label's under a content-free prompt "
-                              f"({CONTENT_FREE_TEXT!r} as the text)"}[self.method] + (" (bf16 autocast)" if self.bf16 else "")
+        how = {"sum": "sum of the label completion's token log-probabilities (EOS included)",
+               "mean": "mean log-probability per token of the label completion (EOS included)",
+               "calibrated": "summed log-probability minus the label's under a content-free prompt "
+                             f"({CONTENT_FREE_TEXT!r} as the text)"}[self.method]
+        return how + (" (bf16 autocast)" if self.bf16 else "")
 
 
 def score_labels(model, encoder: Encoder, prompts: Sequence[Any], label_words: Sequence[str], chat: bool,

@@ -226,7 +226,8 @@ def choose_text_column(rows: list[dict[str, Any]], columns: list[str], label_col
     texts = {c: [value(r.get(c)) for r in rows[:5000]] for c in others}
     stringy = [c for c in others if sum(not is_number(t) for t in texts[c] if t) > 0.5 * max(1, len(texts[c]))]
     if not stringy:
-        raise PeftkitError(f"{path}: no text column besides {label_column!r} (columns: {', '.join(map(str, columns))}); "
+        raise PeftkitError(f"{path}: no text column besides {label_column!r} "
+                           f"(columns: {', '.join(map(str, columns))}); "
                            "name it with --text-column")
     return max(stringy, key=lambda c: sum(map(len, texts[c])) / max(1, len(texts[c])))
 

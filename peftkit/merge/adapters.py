@@ -93,7 +93,8 @@ def check_request(sources, method: str, weights, density, out: Path) -> tuple[li
         for key in ("name_or_path", "revision"):
             if getattr(recipe.model, key) != getattr(first.model, key):
                 raise PeftkitError(f"{run_dir} has model.{key} {getattr(recipe.model, key)!r}, {first_dir} has "
-                                   f"{getattr(first.model, key)!r}: adapters merge only on the base they were trained on")
+                                   f"{getattr(first.model, key)!r}: adapters merge only on the base they were "
+                                   "trained on")
         for key in ("target_modules", "use_dora") + (() if method == "cat" else ("r",)):
             if getattr(recipe.adapter, key) != getattr(first.adapter, key):
                 raise PeftkitError(f"{run_dir} has adapter.{key} {getattr(recipe.adapter, key)!r}, {first_dir} "
@@ -208,7 +209,7 @@ def report_markdown(report: dict[str, Any]) -> str:
              "| task | eval rows | merged acc | source acc | change | merged macro-F1 | source macro-F1 | change |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["tasks"].items():
-        def cell(key, signed=False):
+        def cell(key, signed=False, r=r):
             value = r.get(key)
             return "n/a" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
         lines.append(f"| {name} | {r['examples']} | {cell('merged_accuracy')} | {cell('source_accuracy')} | "

@@ -124,7 +124,8 @@ def check_quality(report: dict[str, Any], run_dir: Path) -> None:
         f"merge failed verification: accuracy {v['adapter_model']['accuracy']:.4f} -> "
         f"{v['merged_model']['accuracy']:.4f} (drop {v['accuracy_drop']:.4f} > allowed "
         f"{v['max_accuracy_drop']:.4f}) on {v['samples']} eval rows. The merged model was not put in place "
-        f"({report['out_dir']} is unchanged); details in {run_dir / MERGE_REPORT_FILE}. Try --base dequantized or --dtype fp32, or allow more with "
+        f"({report['out_dir']} is unchanged); details in {run_dir / MERGE_REPORT_FILE}. Try --base dequantized or "
+        "--dtype fp32, or allow more with "
         "merge.max_accuracy_drop in the recipe (--max-accuracy-drop)")
 
 

@@ -125,7 +125,8 @@ def merge_settings(section: MergeSection, *, dtype: str | None, base: str | None
         values["verify_samples"] = verify_samples
     if max_accuracy_drop is not None:
         if not 0 <= max_accuracy_drop <= 1:
-            raise PeftkitError(f"--max-accuracy-drop {max_accuracy_drop}: a fraction between 0 and 1 (0.005 = half a point)")
+            raise PeftkitError(f"--max-accuracy-drop {max_accuracy_drop}: a fraction between 0 and 1 "
+                               "(0.005 = half a point)")
         values["max_accuracy_drop"] = float(max_accuracy_drop)
     return dataclasses.replace(section, **values)
 

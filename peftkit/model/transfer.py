@@ -68,7 +68,8 @@ def load_for_training(model, init_from: str):
 
     adapter_dir = Path(init_from) / ADAPTER_DIR
     config = json.loads((adapter_dir / ADAPTER_CONFIG_FILE).read_text())
-    net = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)  # safetensors: checked to be there, PEFT prefers it
+    # safetensors: checked to be there, and PEFT prefers it
+    net = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
     if not any(p.requires_grad for p in net.parameters()):
         raise PeftkitError(f"'adapter.init_from' {init_from}: no weight of the loaded adapter is trainable "
                            f"(adapter_config {config.get('peft_type')}, inference_mode kept?)")

@@ -28,7 +28,8 @@ def validate(recipe: Recipe) -> None:
     if m.dtype not in DTYPES:
         fail(f"'model.dtype' must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
     if m.attn_implementation not in (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"):
-        fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or flash_attention_2")
+        fail(f"'model.attn_implementation' {m.attn_implementation!r} is not known; use eager, sdpa or "
+             "flash_attention_2")
     if m.lm_head_positions not in ("learned", "all"):
         fail(f"'model.lm_head_positions' must be learned or all, got {m.lm_head_positions!r}")
     if m.cpu_attention_kernel not in (None, "math", "default"):
@@ -50,14 +51,16 @@ def validate(recipe: Recipe) -> None:
     if isinstance(a.target_modules, list) and not a.target_modules:
         fail("'adapter.target_modules' is an empty list; use all-linear or name the modules (q_proj, v_proj, ...)")
     init = a.init_lora_weights
-    if isinstance(init, str) and init not in ("gaussian", "pissa", "olora", "loftq", "eva", "orthogonal", "corda") and not init.startswith("pissa_niter_"):
+    known_inits = ("gaussian", "pissa", "olora", "loftq", "eva", "orthogonal", "corda")
+    if isinstance(init, str) and init not in known_inits and not init.startswith("pissa_niter_"):
         fail(f"'adapter.init_lora_weights' {init!r} is not a PEFT init method; use true, gaussian, pissa, olora, ...")
     if q.enabled and isinstance(init, str) and init.split("_")[0] in ("pissa", "olora", "loftq", "corda"):
         fail(f"'adapter.init_lora_weights: {init}' rewrites the base weights and cannot start from a quantized base; "
              "drop 'quantization' (PEFT quantizes the residual itself for loftq) or use the default init")
     if a.use_dora and q.load_in_8bit:
         # PEFT's DoRA needs the dequantized base weight norm each step; on 8-bit it is slow and unsupported for merge.
-        fail("'adapter.use_dora' with 'quantization.load_in_8bit' is not supported; use load_in_4bit (QDoRA) or no quantization")
+        fail("'adapter.use_dora' with 'quantization.load_in_8bit' is not supported; use load_in_4bit (QDoRA) or no "
+             "quantization")
 
     if recipe.task == "multitask":  # every task's data is checked as a generative_classification recipe
         return validate_multitask(recipe)
@@ -110,7 +113,8 @@ def validate(recipe: Recipe) -> None:
 
     mg = recipe.merge
     if mg.verify_samples is not None and mg.verify_samples <= 0:
-        fail(f"'merge.verify_samples' must be a positive integer or null (the whole eval split), got {mg.verify_samples}")
+        fail(f"'merge.verify_samples' must be a positive integer or null (the whole eval split), "
+             f"got {mg.verify_samples}")
     if not 0 <= mg.max_accuracy_drop <= 1:
         fail(f"'merge.max_accuracy_drop' must be between 0 and 1 (a fraction, 0.005 = half a point), "
              f"got {mg.max_accuracy_drop}")
@@ -156,7 +160,8 @@ def validate_multitask(recipe: Recipe) -> None:
     for i, sub in enumerate(recipe.tasks):
         if sub.data.max_length > recipe.data.max_length:
             fail(f"'tasks[{i}].data.max_length' {sub.data.max_length} is longer than the top-level data.max_length "
-                 f"{recipe.data.max_length}, the length of a training row shared by every task; raise the top-level one")
+                 f"{recipe.data.max_length}, the length of a training row shared by every task; raise the "
+                 "top-level one")
         validate(dataclasses.replace(recipe, task="generative_classification", data=sub.data, tasks=[],
                                      source=f"{where}: tasks[{i}] ({sub.name})"))
 

@@ -70,7 +70,8 @@ def parse_yaml_mapping(p: Path, what: str = "recipe") -> dict[str, Any]:
     if raw is None:
         raise PeftkitError(f"{p}: the recipe is empty; it needs at least model.name_or_path and data")
     if not isinstance(raw, dict):
-        raise PeftkitError(f"{p}: a recipe must be a mapping of sections (model:, data:, ...), got {type(raw).__name__}")
+        raise PeftkitError(f"{p}: a recipe must be a mapping of sections (model:, data:, ...), "
+                           f"got {type(raw).__name__}")
     return raw
 
 

@@ -296,7 +296,8 @@ def finish_run_folder(run_dir: Path, keep: str, best: str | None = None) -> str:
                      f"{human_size(sum(folder_size(p) for p in kept))}")
     line = f"run folder: {run_dir} ({human_size(folder_size(run_dir))}: {', '.join(parts)})"
     if drop:
-        line += f"; removed {len(drop)} checkpoint{'s' if len(drop) > 1 else ''} ({human_size(freed)}, keep_checkpoints: {keep})"
+        line += (f"; removed {len(drop)} checkpoint{'s' if len(drop) > 1 else ''} ({human_size(freed)}, "
+                 f"keep_checkpoints: {keep})")
     elif kept and keep == "last":
         line += "; keep_checkpoints: none removes it (then --resume cannot reload the finished run)"
     return line

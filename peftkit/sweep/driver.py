@@ -106,7 +106,8 @@ def trial_rows(sweep: Sweep, study) -> list[dict[str, Any]]:
                      **{k: params.get(k) for k in sweep.spec.params},
                      "recipe_as_written": bool(t.user_attrs.get("recipe_as_written")),
                      "seconds": t.user_attrs.get("seconds"), "pruned_at_step": t.user_attrs.get("pruned_at_step"),
-                     "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of")), "run_dir": t.user_attrs.get("run_dir")})
+                     "retry_of": t.system_attrs.get("failed_trial", t.user_attrs.get("retry_of")),
+                     "run_dir": t.user_attrs.get("run_dir")})
     return rows
 
 

@@ -168,7 +168,8 @@ def open_storage(url: str, heartbeat_seconds: int):
     hook = ("heartbeat_stale_trial_callback"
             if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
             else "failed_trial_callback")
-    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    storages = optuna.storages
+    retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat_seconds,
                                       grace_period=2 * heartbeat_seconds, **{hook: retry(max_retry=1)})
 
