@@ -45,7 +45,7 @@ class ModelSection:
     """Causal-LM training (sft, generative_classification): where the LM head is applied for the loss. ``learned``:
     only at positions whose next token is learned (the label word, the completion), on every device, as TRL does
     on CUDA; ``all``: every position (TRL's own behaviour on CPU). Same loss and gradients (to rounding);
-    ``learned`` is faster and lighter when little of each row is learned (benchmarks/README.md, issue 18)."""
+    ``learned`` is faster and lighter when little of each row is learned (benchmarks/README.md, "SFT memory")."""
     cpu_attention_kernel: str | None = None
     """Training on CPU with sdpa attention: ``math`` runs torch's math sdpa kernel in the forward of every training
     step, ``default`` lets torch pick (its flash kernel, whose backward is slow at short sentences on CPU). Same

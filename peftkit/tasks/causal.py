@@ -141,7 +141,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
     )
     if causal.label_names and "train" in causal.splits:
         say(decide_imbalance(recipe, causal.splits["train"]["label"], causal.label_names).line)
-    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
+    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL 1.16 projects every position on CPU
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return trainer

@@ -111,7 +111,7 @@ def build_trainer(recipe: Recipe, args, model, tokenizer, data: TaskData):
         SFTTrainer, setup,
         model=model, args=args, train_dataset=datasets.Dataset.from_list(data.prepared["train"]),
         processing_class=tokenizer, callbacks=run_callbacks(recipe))
-    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL scores every position on CPU (issue 18)
+    apply_recipe_choice(trainer, recipe.model.lm_head_positions)  # TRL 1.16 projects every position on CPU
     trainer.data_collator = TokenCounter(trainer.data_collator)
     say(batching_plan(trainer, recipe))
     return trainer

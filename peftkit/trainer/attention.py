@@ -1,4 +1,4 @@
-"""The attention kernel on CPU (issue 18): torch's math kernel for ``scaled_dot_product_attention``.
+"""The attention kernel on CPU: torch's math kernel for ``scaled_dot_product_attention``.
 
 On CPU, sdpa picks its flash kernel whenever it can; at peftkit's short shapes (many sentences of 10-60 tokens)
 that kernel was 2.5-4.5x slower than the math kernel for the same attention (``benchmarks/bench_sdpa_cpu.py``),

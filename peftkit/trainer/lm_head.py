@@ -1,4 +1,4 @@
-"""The SFT loss's LM head on the learned positions only (issue 18).
+"""The SFT loss's LM head on the learned positions only.
 
 trl 1.16's SFTTrainer already computes its loss through a fused, chunked LM head (``trl.trainer.utils.
 add_fused_lm_head``: per-token log-probabilities, entropy and top-1 hits without keeping ``[tokens x vocab]``

@@ -13,7 +13,7 @@ from tests.conftest import REPO, run_cli, tiny_recipe, write_recipe
 from tests.helpers.procs import child_env, start
 from tests.unit.test_bad_input_fails_loudly import record
 
-# Third-party lines that say nothing about the user's run (issue 12, "Quiet by default").
+# Third-party lines that say nothing about the user's run (README, "Quiet by default").
 NOISE = ("gemm_4bit_forward", "Setting accelerator to CPU", "FutureWarning", "LOAD REPORT", "is deprecated")
 HEAD_LINE = "the classification head (score) is new and trained by this run"
 

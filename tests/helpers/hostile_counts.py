@@ -1,4 +1,4 @@
-"""Counts of the hostile-input suite by class (issue 12): `python tests/helpers/hostile_counts.py [--counting]
+"""Counts of the hostile-input suite by class: `python tests/helpers/hostile_counts.py [--counting]
 [--slow]`.
 
 Runs tests/unit/test_bad_input_fails_loudly.py (and, with --e2e, tests/e2e/test_terminal_output_and_signals.py) and

@@ -1,4 +1,4 @@
-"""Hostile input, round two: the classes of issue 12 (no traceback, no silent wrong success, no unclear message).
+"""Hostile input, the classes that failed a hostile review (no traceback, no silent wrong success, no unclear message).
 
 Every case goes through the real CLI entry point (`peftkit.cli.main`, in-process for speed) and is judged the
 same way (`judge`):

@@ -466,7 +466,7 @@ def test_dequantized_weights_reproduce_a_4bit_causal_lm(tmp_path: Path) -> None:
 
     from tests.conftest import minilm_tokenizer_dir
 
-    # a model folder holds its tokenizer (peftkit refuses one without: issue 12), even if this test does not use it
+    # a model folder holds its tokenizer (peftkit refuses one without), even if this test does not use it
     AutoTokenizer.from_pretrained(minilm_tokenizer_dir()).save_pretrained(tmp_path / "causal")
     recipe = Recipe(task="sft", model=ModelSection(name_or_path=str(tmp_path / "causal")),
                     quantization=QuantizationSection(load_in_4bit=True))

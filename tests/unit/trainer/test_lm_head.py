@@ -1,4 +1,4 @@
-"""The SFT loss with the LM head on the learned positions only (peftkit/trainer/lm_head.py, issue 18): the same loss,
+"""The SFT loss with the LM head on the learned positions only (peftkit/trainer/lm_head.py): the same loss,
 log-probabilities, metrics and LoRA gradients as TRL's fused head over every position and as the model's own
 full-logits cross-entropy; and ``model.lm_head_positions`` reaches the trainer."""
 
