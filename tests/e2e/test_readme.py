@@ -29,6 +29,7 @@ COVERED = {
     "python -m pytest -m slow": ("pyproject.toml", "slow: real-model or long runs"),
     "python -m pytest -m gpu": ("pyproject.toml", "gpu: needs CUDA"),
     "python -m pytest": (".ci/run", "python -m pytest"),
+    "python -m ruff check .": (".ci/run", "python -m ruff check ."),
     "accelerate launch --config_file accelerate_configs/ddp.yaml": ("tests/distributed/test_resume_launch.py",
                                                                      'LAUNCH = "cpu_2proc.yaml"'),
     "accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml": ("tests/distributed/test_launch.py",
