@@ -314,12 +314,10 @@ def render(prof: Profile, eval_info, eval_file, eval_fraction, model, task, word
         f"  text_column: {y(text_col)}",
         f"  label_column: {y(label_col)}",
     ]
-    lines += ["  # label_names: id order; the file's labels may be these names or their ids"] if len(
-        prof.label_names) > SHOWN_CLASSES else []
+    # the note trails a one-line list, and stands above a wrapped one (so no line grows past the wrap width)
     names = wrapped_list("label_names", prof.label_names)
-    if len(prof.label_names) <= SHOWN_CLASSES and len(names) == 1:
-        names = [names[0] + "   # id order; the file's labels may be these names or their ids"]
-    lines += names
+    note = "id order; the file's labels may be these names or their ids"
+    lines += [f"{names[0]}   # {note}"] if len(names) == 1 else [f"  # label_names: {note}", *names]
     if generative:
         multi = [n for n in prof.label_names if word_tokens[n] > 1]
         note = ("every word is one token" if not multi else
